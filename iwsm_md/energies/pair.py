@@ -1,0 +1,175 @@
+"""Batched pair potentials `Σ_pairs f(r_ij; params)` with analytic forces.
+
+The energy of a pair is an expression in `r` (see `expression`); its derivative is taken
+symbolically once, at construction. Two kernels share it:
+
+* dense, for pair sets that fill much of the N×N matrix (clusters, nonbonded forces):
+  distances from the Gram matrix of each configuration, forces as one batched matmul,
+  `dE/dx_i = Σ_j c_ij (x_i − x_j)` with `c_ij = f'(r_ij)/r_ij`;
+* sparse, for short pair lists (bonds, exceptions): gather, evaluate, scatter-add.
+
+Both run in chunks of the batch sized to stay in cache, and are wrapped in an autograd
+Function whose backward returns the analytic gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from iwsm_md.energies import expression as ex
+
+# elements of the (chunk, N, N) or (chunk, P) working arrays per chunk
+_CHUNK_ELEMENTS = 3 << 16
+# below this fill fraction of the upper triangle a pair list is evaluated sparsely
+_DENSE_FILL = 0.25
+
+
+class PairTerm(nn.Module):
+    """`scale · Σ_{(i,j) in pairs} f(r_ij; params)`: a pair potential in kT.
+
+    Args:
+        energy: expression in `r` (distance in the energy's length unit), with per-pair
+            parameters, per-particle parameters `name1`/`name2`, and constants already
+            substituted for global parameters.
+        n_particles: N.
+        pairs: integer array `(P, 2)` of particle indices; None means every pair i < j.
+        per_pair: name -> array `(P,)` of per-pair parameter values (needs `pairs`).
+        per_particle: name -> array `(N,)`; the expression refers to `name1`, `name2`.
+        scale: multiplies the sum (unit conversion to kT).
+    """
+
+    def __init__(
+        self,
+        energy: ex.Node,
+        n_particles: int,
+        pairs: np.ndarray | None = None,
+        per_pair: dict[str, np.ndarray] | None = None,
+        per_particle: dict[str, np.ndarray] | None = None,
+        scale: float = 1.0,
+    ):
+        super().__init__()
+        per_pair = dict(per_pair or {})
+        per_particle = dict(per_particle or {})
+        n = int(n_particles)
+        if pairs is None:
+            if per_pair:
+                raise ValueError("per-pair parameters need an explicit pair list")
+            pairs = np.stack(np.triu_indices(n, 1), axis=1)
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        if len(pairs) and (pairs.min() < 0 or pairs.max() >= n or np.any(pairs[:, 0] == pairs[:, 1])):
+            raise ValueError("pair indices must be distinct particles in [0, n_particles)")
+        allowed = {"r"} | set(per_pair) | {f"{k}{s}" for k in per_particle for s in "12"}
+        unknown = ex.variables(energy) - allowed
+        if unknown:
+            raise ex.ExpressionError(f"pair energy uses unknown variables {sorted(unknown)}")
+        # Work in u = r²: even powers of r need no square root, and the force factor
+        # f'(r)/r = 2 df/du needs no division.
+        # The scale is folded into the expressions' constants.
+        self.energy_expr = ex.op("mul", ex.Const(scale), ex.substitute(energy, {"r": ex.op("sqrt", ex.Var("u"))}))
+        self.force_expr = ex.op("mul", ex.Const(2.0), ex.derivative(self.energy_expr, "u"))
+        self.n_particles = n
+        self.n_pairs = len(pairs)
+        lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
+        unique = len(np.unique(lo * n + hi)) == len(pairs)
+        self.dense = unique and len(pairs) >= _DENSE_FILL * n * (n - 1) / 2
+        self.param_names: list[str] = []
+        if self.dense:
+            mask = torch.zeros(n, n, dtype=torch.bool)
+            mask[lo, hi] = True
+            self.register_buffer("mask", mask, persistent=False)
+            for k, v in per_pair.items():
+                m = torch.zeros(n, n, dtype=torch.float64)
+                m[lo, hi] = torch.as_tensor(np.asarray(v, dtype=np.float64))
+                self._add_param(k, m)
+            for k, v in per_particle.items():
+                col = torch.as_tensor(np.asarray(v, dtype=np.float64))
+                self._add_param(f"{k}1", col[:, None])
+                self._add_param(f"{k}2", col[None, :])
+        else:
+            self.register_buffer("i", torch.as_tensor(pairs[:, 0]), persistent=False)
+            self.register_buffer("j", torch.as_tensor(pairs[:, 1]), persistent=False)
+            for k, v in per_pair.items():
+                self._add_param(k, torch.as_tensor(np.asarray(v, dtype=np.float64)))
+            for k, v in per_particle.items():
+                col = torch.as_tensor(np.asarray(v, dtype=np.float64))
+                self._add_param(f"{k}1", col[pairs[:, 0]])
+                self._add_param(f"{k}2", col[pairs[:, 1]])
+
+    def _add_param(self, name: str, value: Tensor) -> None:
+        self.register_buffer(f"param_{name}", value, persistent=False)
+        self.param_names.append(name)
+
+    def forward(self, pos: Tensor) -> Tensor:
+        """Energies `(batch,)` in kT of positions `(batch, N, D)`."""
+        if self.n_pairs == 0:
+            return pos.new_zeros(pos.shape[0])
+        return _PairEnergy.apply(pos, self)
+
+    def values(self, u: Tensor, params: dict[str, Tensor], with_force: bool) -> tuple[Tensor, Tensor | None]:
+        """Scaled pair energies and, if asked, force factors f'(r)/r, at squared distances `u`."""
+        cache: dict = {}
+        env = dict(params, u=u)
+        e = torch.broadcast_to(torch.as_tensor(ex.evaluate(self.energy_expr, env, cache), dtype=u.dtype,
+                                               device=u.device), u.shape)
+        if not with_force:
+            return e, None
+        c = ex.evaluate(self.force_expr, env, cache)
+        return e, torch.broadcast_to(torch.as_tensor(c, dtype=u.dtype, device=u.device), u.shape)
+
+    def params_like(self, pos: Tensor) -> dict[str, Tensor]:
+        return {k: getattr(self, f"param_{k}").to(device=pos.device, dtype=pos.dtype) for k in self.param_names}
+
+    def dense_chunk(self, x: Tensor, params: dict[str, Tensor], with_force: bool):
+        """Energies `(b,)` and gradients `(b, N, D)` of one chunk, all pairs via the Gram matrix."""
+        x = x - x.mean(dim=1, keepdim=True)  # distances are shift invariant; centring cuts f32 cancellation
+        sq = (x * x).sum(-1)
+        r2 = sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(x, x.transpose(1, 2))
+        mask = self.mask.to(x.device)
+        # excluded entries and the diagonal are evaluated at u = 1, then dropped
+        e, c = self.values(torch.where(mask, r2.clamp_min(torch.finfo(x.dtype).tiny), 1.0), params, with_force)
+        energy = torch.where(mask, e, 0.0).sum((1, 2))
+        if not with_force:
+            return energy, None
+        c = torch.where(mask, c, 0.0)
+        c = c + c.transpose(1, 2)
+        grad = c.sum(-1, keepdim=True) * x - torch.bmm(c, x)
+        return energy, grad
+
+    def sparse_chunk(self, x: Tensor, params: dict[str, Tensor], with_force: bool):
+        """Energies `(b,)` and gradients `(b, N, D)` of one chunk over the listed pairs."""
+        i, j = self.i.to(x.device), self.j.to(x.device)
+        d = x[:, i] - x[:, j]
+        e, c = self.values((d * d).sum(-1).clamp_min(torch.finfo(x.dtype).tiny), params, with_force)
+        energy = e.sum(-1)
+        if not with_force:
+            return energy, None
+        g = c[..., None] * d
+        grad = torch.zeros_like(x)
+        grad.index_add_(1, i, g)
+        grad.index_add_(1, j, -g)
+        return energy, grad
+
+
+class _PairEnergy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, pos: Tensor, term: PairTerm) -> Tensor:
+        with_force = ctx.needs_input_grad[0]
+        params = term.params_like(pos)
+        width = term.n_particles**2 if term.dense else term.n_pairs
+        step = max(1, _CHUNK_ELEMENTS // width)
+        kernel = term.dense_chunk if term.dense else term.sparse_chunk
+        energies, grads = [], []
+        for start in range(0, pos.shape[0], step):
+            e, g = kernel(pos[start:start + step], params, with_force)
+            energies.append(e)
+            grads.append(g)
+        if with_force:
+            ctx.save_for_backward(torch.cat(grads))
+        return torch.cat(energies)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        (grad,) = ctx.saved_tensors
+        return grad_out[:, None, None] * grad, None

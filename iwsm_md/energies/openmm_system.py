@@ -229,10 +229,11 @@ def _custom_nonbonded(force: openmm.CustomNonbondedForce, n, scale, masses):
     values = np.array([force.getParticleParameters(i) for i in range(n)], dtype=np.float64).reshape(n, len(names))
     excluded = {tuple(sorted(force.getExclusionParticles(i))) for i in range(force.getNumExclusions())}
     if force.getNumInteractionGroups():
-        pairs = set()
+        # As OpenMM computes them: a pair once per group it belongs to (twice if in two groups).
+        pairs = []
         for g in range(force.getNumInteractionGroups()):
             s1, s2 = force.getInteractionGroupParameters(g)
-            pairs |= {(min(i, j), max(i, j)) for i in s1 for j in s2 if i != j}
+            pairs += sorted({(min(i, j), max(i, j)) for i in s1 for j in s2 if i != j})
     else:
         pairs = None if not excluded else set(zip(*np.triu_indices(n, 1)))
     if pairs is not None:

@@ -4,11 +4,11 @@ The energy of a pair is an expression in `r` (see `expression`); its derivative 
 symbolically once, at construction. Two kernels share it:
 
 * dense, for pair sets that fill much of the N×N matrix (clusters, nonbonded forces):
-  distances from the Gram matrix of each configuration, forces as one batched matmul,
-  `dE/dx_i = Σ_j c_ij (x_i − x_j)` with `c_ij = f'(r_ij)/r_ij`;
+  squared distances from the Gram matrix of each configuration, gathered at the pairs;
+  forces as one batched matmul, `dE/dx_i = Σ_j c_ij (x_i − x_j)` with `c_ij = f'(r_ij)/r_ij`;
 * sparse, for short pair lists (bonds, exceptions): gather, evaluate, scatter-add.
 
-Both run in chunks of the batch sized to stay in cache, and are wrapped in an autograd
+The expression is evaluated in u = r² and only at the listed pairs. Both kernels run in chunks of the batch sized to stay in cache, and are wrapped in an autograd
 Function whose backward returns the analytic gradient.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from iwsm_md.energies import expression as ex
 
 # elements of the (chunk, N, N) or (chunk, P) working arrays per chunk
-_CHUNK_ELEMENTS = 3 << 16
+_CHUNK_ELEMENTS = 3 << 17
 # below this fill fraction of the upper triangle a pair list is evaluated sparsely
 _DENSE_FILL = 0.25
 
@@ -73,28 +73,19 @@ class PairTerm(nn.Module):
         lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
         unique = len(np.unique(lo * n + hi)) == len(pairs)
         self.dense = unique and len(pairs) >= _DENSE_FILL * n * (n - 1) / 2
+        # dense: flat indices of the pairs (and of their transposes) in a row-major N×N matrix
+        self.register_buffer("flat", torch.as_tensor(lo * n + hi), persistent=False)
+        self.register_buffer("flat_t", torch.as_tensor(hi * n + lo), persistent=False)
+        # sparse: the pairs themselves
+        self.register_buffer("i", torch.as_tensor(pairs[:, 0]), persistent=False)
+        self.register_buffer("j", torch.as_tensor(pairs[:, 1]), persistent=False)
         self.param_names: list[str] = []
-        if self.dense:
-            mask = torch.zeros(n, n, dtype=torch.bool)
-            mask[lo, hi] = True
-            self.register_buffer("mask", mask, persistent=False)
-            for k, v in per_pair.items():
-                m = torch.zeros(n, n, dtype=torch.float64)
-                m[lo, hi] = torch.as_tensor(np.asarray(v, dtype=np.float64))
-                self._add_param(k, m)
-            for k, v in per_particle.items():
-                col = torch.as_tensor(np.asarray(v, dtype=np.float64))
-                self._add_param(f"{k}1", col[:, None])
-                self._add_param(f"{k}2", col[None, :])
-        else:
-            self.register_buffer("i", torch.as_tensor(pairs[:, 0]), persistent=False)
-            self.register_buffer("j", torch.as_tensor(pairs[:, 1]), persistent=False)
-            for k, v in per_pair.items():
-                self._add_param(k, torch.as_tensor(np.asarray(v, dtype=np.float64)))
-            for k, v in per_particle.items():
-                col = torch.as_tensor(np.asarray(v, dtype=np.float64))
-                self._add_param(f"{k}1", col[pairs[:, 0]])
-                self._add_param(f"{k}2", col[pairs[:, 1]])
+        for k, v in per_pair.items():
+            self._add_param(k, torch.as_tensor(np.asarray(v, dtype=np.float64)))
+        for k, v in per_particle.items():
+            col = torch.as_tensor(np.asarray(v, dtype=np.float64))
+            self._add_param(f"{k}1", col[pairs[:, 0]])
+            self._add_param(f"{k}2", col[pairs[:, 1]])
 
     def _add_param(self, name: str, value: Tensor) -> None:
         self.register_buffer(f"param_{name}", value, persistent=False)
@@ -121,20 +112,22 @@ class PairTerm(nn.Module):
         return {k: getattr(self, f"param_{k}").to(device=pos.device, dtype=pos.dtype) for k in self.param_names}
 
     def dense_chunk(self, x: Tensor, params: dict[str, Tensor], with_force: bool):
-        """Energies `(b,)` and gradients `(b, N, D)` of one chunk, all pairs via the Gram matrix."""
+        """Energies `(b,)` and gradients `(b, N, D)` of one chunk: squared distances from the
+        Gram matrix, gathered at the pairs; forces as one batched matmul."""
+        b, n = x.shape[:2]
         x = x - x.mean(dim=1, keepdim=True)  # distances are shift invariant; centring cuts f32 cancellation
         sq = (x * x).sum(-1)
         r2 = sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(x, x.transpose(1, 2))
-        mask = self.mask.to(x.device)
-        # excluded entries and the diagonal are evaluated at u = 1, then dropped
-        e, c = self.values(torch.where(mask, r2.clamp_min(torch.finfo(x.dtype).tiny), 1.0), params, with_force)
-        energy = torch.where(mask, e, 0.0).sum((1, 2))
+        flat = self.flat.to(x.device)
+        u = r2.reshape(b, n * n).index_select(1, flat).clamp_min(torch.finfo(x.dtype).tiny)
+        e, c = self.values(u, params, with_force)
         if not with_force:
-            return energy, None
-        c = torch.where(mask, c, 0.0)
-        c = c + c.transpose(1, 2)
-        grad = c.sum(-1, keepdim=True) * x - torch.bmm(c, x)
-        return energy, grad
+            return e.sum(-1), None
+        cm = x.new_zeros(b, n * n)
+        cm.index_copy_(1, flat, c)
+        cm.index_copy_(1, self.flat_t.to(x.device), c)
+        cm = cm.view(b, n, n)
+        return e.sum(-1), cm.sum(-1, keepdim=True) * x - torch.bmm(cm, x)
 
     def sparse_chunk(self, x: Tensor, params: dict[str, Tensor], with_force: bool):
         """Energies `(b,)` and gradients `(b, N, D)` of one chunk over the listed pairs."""

@@ -1,0 +1,143 @@
+"""Monte Carlo estimates of the noised target: its score (Eq. 7) and density, and the
+self-normalised importance weights of IWSM (Eqs. 9–12).
+
+For `x_t` at noise level σ, K noisy copies `x^(k) = x_t + σ ε_k` give
+`p̂_t(x_t) = (1/Z) mean_k exp(−E(x^(k)))` and the score estimate
+`ŝ(x_t) = Σ_k softmax(−E(x^(k)))_k · (−∇E(x^(k)))`, from the same K energy evaluations.
+The proposal density of `x_t` is the Gaussian mixture over the mini-batch's buffer samples,
+`p̂_B,t(x_t) = mean_j N(x_t; x_0^(j), σ² I)`; the IWSM weight is `p̂_t / p̂_B,t`, normalised
+in log space (the unknown Z cancels). Non-finite energies are masked and counted.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from iwsm_md.energies.base import Energy
+from iwsm_md.sde import Space
+
+
+@dataclass
+class TargetEstimate:
+    """MC estimate of the noised target at a batch of points.
+
+    score: `(B, dim)` estimate of ∇ log p_t(x_t) (zero where `valid` is False).
+    log_p: `(B,)` log p̂_t(x_t) + log Z (−inf where `valid` is False).
+    valid: `(B,)` bool, at least one of the K copies had a finite energy.
+    n_nonfinite: number of non-finite energies among the B·K copies (masked out).
+    inner_ess: `(B,)` effective sample size of the K softmax weights, in [1, K].
+    """
+
+    score: Tensor
+    log_p: Tensor
+    valid: Tensor
+    n_nonfinite: int
+    inner_ess: Tensor
+
+
+def clip_norm(v: Tensor, max_norm: float, space: Space, per_particle: bool) -> Tensor:
+    """Scale vectors `(B, dim)` down to norm ≤ `max_norm`, per particle or per whole vector."""
+    shape = v.shape
+    parts = v.reshape(shape[0], space.n_particles, space.spatial_dim) if per_particle else v
+    norm = parts.norm(dim=-1, keepdim=True)
+    factor = torch.clamp(max_norm / norm.clamp_min(torch.finfo(v.dtype).tiny), max=1.0)
+    return (parts * factor).reshape(shape)
+
+
+def estimate_target(
+    energy: Energy,
+    x_t: Tensor,
+    sigma: Tensor,
+    n_mc: int,
+    space: Space,
+    *,
+    clip: float | None = None,
+    clip_per_particle: bool = True,
+    max_evaluations: int = 1 << 17,
+    generator: torch.Generator | None = None,
+) -> TargetEstimate:
+    """Eq. 7 score and density estimates at `x_t` `(B, dim)` with noise levels `sigma` `(B,)`.
+
+    Args:
+        energy: the target's reduced energy E/kT.
+        n_mc: K, noisy copies per point.
+        space: sample space (centre-of-mass-free noise for particle systems).
+        clip: optional bound on the norm of the score estimate, per particle when
+            `clip_per_particle` and the space is a particle system, else of the whole vector;
+            applied before the projection onto the space (which does not increase the norm).
+        max_evaluations: energy evaluations per chunk (bounds memory).
+    """
+    b, dim = x_t.shape
+    per_chunk = max(1, max_evaluations // n_mc)
+    scores, log_ps, valids, esss, n_bad = [], [], [], [], 0
+    for start in range(0, b, per_chunk):
+        xc, sc = x_t[start:start + per_chunk], sigma[start:start + per_chunk]
+        m = xc.shape[0]
+        eps = space.noise(m, n_mc, dtype=x_t.dtype, device=x_t.device, generator=generator)
+        copies = (xc[:, None, :] + sc[:, None, None] * eps).reshape(m * n_mc, dim)
+        e, f = energy.energy_and_forces(copies)
+        log_w = (-e.double()).reshape(m, n_mc)
+        finite = torch.isfinite(log_w) & torch.isfinite(f).all(-1).reshape(m, n_mc)
+        n_bad += int((~finite).sum())
+        log_w = torch.where(finite, log_w, -math.inf)
+        f = torch.where(finite.reshape(-1, 1), f, 0.0).reshape(m, n_mc, dim)
+        log_norm = torch.logsumexp(log_w, dim=1)
+        valid = torch.isfinite(log_norm)
+        w = torch.where(valid[:, None], torch.exp(log_w - log_norm[:, None]), 0.0)
+        scores.append(torch.einsum("mk,mkd->md", w.to(f.dtype), f))
+        log_ps.append(torch.where(valid, log_norm - math.log(n_mc), -math.inf))
+        valids.append(valid)
+        esss.append(torch.where(valid, 1.0 / (w * w).sum(1).clamp_min(1.0 / n_mc), 0.0))
+    score = torch.cat(scores)
+    if clip is not None:
+        score = clip_norm(score, clip, space, clip_per_particle and space.n_particles > 1)
+    return TargetEstimate(space.project(score), torch.cat(log_ps), torch.cat(valids), n_bad, torch.cat(esss))
+
+
+def proposal_log_density(x_t: Tensor, x0: Tensor, sigma: Tensor, space: Space) -> Tensor:
+    """log p̂_B,t(x_t) = log mean_j N(x_t; x0_j, σ² I) over the effective dimensions.
+
+    Args:
+        x_t: `(B, dim)` noised points; x0: `(M, dim)` the mini-batch's buffer samples;
+        sigma: `(B,)` the noise level of each point.
+    Returns `(B,)` float64.
+    """
+    x_t, x0, sigma = x_t.double(), x0.double(), sigma.double()
+    d2 = torch.cdist(x_t, x0).pow(2)  # (B, M)
+    d = space.effective_dim
+    log_norm = -0.5 * d * torch.log(2 * math.pi * sigma**2)
+    return torch.logsumexp(-d2 / (2 * sigma[:, None] ** 2), dim=1) - math.log(x0.shape[0]) + log_norm
+
+
+@dataclass
+class ImportanceWeights:
+    """Self-normalised IWSM weights `(B,)` with mean 1 within each normalisation group, and
+    their effective sample size as a fraction of the group size (mean over groups)."""
+
+    weights: Tensor
+    ess_fraction: float
+
+
+def snis_weights(log_p: Tensor, log_q: Tensor, group_size: int | None = None) -> ImportanceWeights:
+    """Normalise `w ∝ exp(log_p − log_q)` in log space.
+
+    Args:
+        log_p: `(B,)` log p̂_t(x_t) (−inf marks an invalid point: weight 0).
+        log_q: `(B,)` log p̂_B,t(x_t).
+        group_size: n of "SNIS-n" — rows come in consecutive groups of n noisy copies of one
+            (x_0, t) and are normalised within their group; None normalises over the batch.
+    """
+    log_w = (log_p.double() - log_q.double())
+    log_w = torch.where(torch.isfinite(log_w), log_w, -math.inf)
+    b = log_w.shape[0]
+    n = b if group_size is None else group_size
+    if b % n:
+        raise ValueError(f"batch of {b} is not a whole number of SNIS groups of {n}")
+    groups = log_w.reshape(b // n, n)
+    norm = torch.logsumexp(groups, dim=1, keepdim=True)
+    w = torch.where(torch.isfinite(norm), torch.exp(groups - norm), 0.0)
+    ess = torch.where(torch.isfinite(norm[:, 0]), 1.0 / (w * w).sum(1).clamp_min(1e-300), 0.0) / n
+    return ImportanceWeights((w * n).reshape(b).to(log_p.dtype), float(ess.mean()))

@@ -157,3 +157,22 @@ def from_function(
     if n_particles is None or spatial_dim is None:
         raise ValueError("from_function needs dim, or n_particles and spatial_dim")
     return FunctionEnergy(fn, n_particles, spatial_dim, translation_invariant=translation_invariant)
+
+
+class ScaledEnergy(Energy):
+    """The energy of `base` in rescaled coordinates: `E_y(y) = E(factor · y)`.
+
+    Samplers of wide targets (the GMMs) work in `y = x / factor`; positions `(batch, dim)`
+    in units of `factor` × the base length unit, energies `(batch,)` in kT.
+    """
+
+    def __init__(self, base: Energy, factor: float):
+        if not factor > 0:
+            raise ValueError(f"scale factor must be positive, got {factor}")
+        super().__init__(base.n_particles, base.spatial_dim, length_unit=base.length_unit,
+                         translation_invariant=base.translation_invariant)
+        self.base = base
+        self.factor = float(factor)
+
+    def _energy(self, pos: Tensor) -> Tensor:
+        return self.base._energy(pos * self.factor)

@@ -1,0 +1,91 @@
+"""The front door: `train(system=...) -> Sampler` and `load(path) -> Sampler`."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from iwsm_md.energies.base import Energy
+from iwsm_md.training import Sampler, TrainConfig, fit, restore
+
+
+def _resolve(system, temperature, spatial_dim) -> tuple[Energy, dict | None, str | None]:
+    """(energy, source to rebuild it on load, built-in name) of a `system` argument."""
+    import ase
+    import openmm
+
+    from iwsm_md.energies import from_ase, from_openmm
+    from iwsm_md.potentials.builtin import builtin_energy
+
+    if isinstance(system, str):
+        return builtin_energy(system), {"kind": "builtin", "name": system}, system
+    if isinstance(system, openmm.System):
+        energy = from_openmm(system, temperature, spatial_dim)
+        return energy, {"kind": "openmm", "xml": openmm.XmlSerializer.serialize(system),
+                        "temperature": temperature, "spatial_dim": spatial_dim}, None
+    if isinstance(system, ase.Atoms):
+        energy = from_ase(system, temperature)
+        try:
+            source = {"kind": "ase", "atoms": pickle.dumps(system), "temperature": temperature}
+        except Exception:  # calculators that cannot be pickled: load() then needs energy=
+            source = None
+        return energy, source, None
+    if isinstance(system, Energy):
+        return system, None, None
+    raise TypeError(f"system must be a built-in name, an openmm.System, an ase.Atoms or an iwsm_md Energy, "
+                    f"got {type(system).__name__}")
+
+
+def train(system, *, temperature=None, spatial_dim: int = 3, config: TrainConfig | None = None,
+          log: Callable[[dict], None] | None = None, **overrides) -> Sampler:
+    """Train a sampler of the Boltzmann distribution of `system`.
+
+    Args:
+        system: a built-in name ("gmm40", "gmm80", "gmm120", "dw4", "lj13", "lj55"), an
+            `openmm.System` (give `temperature`, kelvin, and `spatial_dim`), an `ase.Atoms` with a
+            calculator (give `temperature`), or an `iwsm_md.energies.Energy` (already in kT).
+        config: a `TrainConfig`; default: the published settings of a built-in system, else
+            `TrainConfig()`.
+        log: called with each epoch's statistics.
+        **overrides: any `TrainConfig` field (unknown keys raise TypeError).
+
+    Returns a `Sampler`; `sampler.sample(n)` gives `(n, dim)` configurations in the system's
+    coordinates (nm for OpenMM, Å for ASE).
+    """
+    energy, source, name = _resolve(system, temperature, spatial_dim)
+    base = config or (TrainConfig.published(name) if name is not None else TrainConfig())
+    sampler = fit(energy.to(base.device), TrainConfig.with_overrides(base, overrides), log=log)
+    sampler.source = source
+    return sampler
+
+
+def load(path: str | Path, energy: Energy | None = None) -> Sampler:
+    """Load a sampler written by `Sampler.save` / `save`. Samplers of a plain `Energy` need it
+    passed as `energy`; others rebuild theirs from the saved system."""
+    import openmm
+
+    from iwsm_md.energies import from_ase, from_openmm
+    from iwsm_md.potentials.builtin import builtin_energy
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        raise ValueError(f"cannot read sampler checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != "iwsm_md.sampler/1":
+        raise ValueError(f"{path} is not an iwsm_md sampler checkpoint")
+    source = state["source"]
+    if energy is None:
+        if source is None:
+            raise ValueError(f"{path} was trained on a plain Energy: pass it as load(path, energy=...)")
+        if source["kind"] == "builtin":
+            energy = builtin_energy(source["name"])
+        elif source["kind"] == "openmm":
+            energy = from_openmm(openmm.XmlSerializer.deserialize(source["xml"]), source["temperature"],
+                                 source["spatial_dim"])
+        else:
+            energy = from_ase(pickle.loads(source["atoms"]), source["temperature"])
+    return restore(state, energy)
+

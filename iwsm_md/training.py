@@ -1,0 +1,276 @@
+"""The IWSM training loop and its modes, the `Sampler` it returns, and the front door `train`.
+
+Modes share one loop:
+- `iwsm`: buffer proposal, MC target score, self-normalised importance weights (default);
+- `idem`: the same with all weights 1 (iDEM);
+- `pdem`: weights 1 and no buffer: x_0 drawn from the prior (pDEM);
+- `direct`: no network; sampling integrates the reverse SDE with the MC score estimate itself.
+
+Every epoch (except in `pdem` and `direct`) the reverse SDE refills the FIFO buffer from the
+prior with the current network; then `steps_per_epoch` gradient steps minimise
+`mean_b w_b σ(t_b)² ||s_θ(x_t, t) − ŝ(x_t, t)||²`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from iwsm_md.buffer import ReplayBuffer
+from iwsm_md.energies.base import Energy, ScaledEnergy
+from iwsm_md.estimators import estimate_target, proposal_log_density, snis_weights
+from iwsm_md.nets import MLPScore
+from iwsm_md.sampling import probability_flow, reverse_sde
+from iwsm_md.sde import GeometricVESDE, Space
+
+MODES = ("iwsm", "idem", "pdem", "direct")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. `TrainConfig.published(name)` gives the published
+    settings of a built-in system (iDEM's, which IWSM keeps); other systems start from these
+    defaults."""
+
+    mode: str = "iwsm"
+    epochs: int = 100
+    steps_per_epoch: int = 100
+    batch_size: int = 512
+    n_mc: int = 500  # K, noisy copies per point for the target score
+    sigma_min: float = 1e-5
+    sigma_max: float = 1.0
+    scale: float = 1.0  # the sampler works in x / scale
+    lr: float = 5e-4
+    grad_clip: float = 1.0
+    target_clip: float | None = None
+    clip_per_particle: bool = True
+    snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
+    snis_normalise: str = "group"  # "group": over each (x_0, t)'s copies; "batch": over the batch
+    buffer_capacity: int = 10_000
+    samples_per_epoch: int = 1000  # reverse-SDE samples added to the buffer each epoch
+    sample_steps: int = 1000  # Euler-Maruyama steps of the reverse SDE
+    net: str = "mlp"
+    hidden: int = 128
+    layers: int = 3
+    seed: int = 0
+    device: str = "cpu"
+    max_minutes: float | None = None  # stop after this much training wall time
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.snis_normalise not in ("group", "batch"):
+            raise ValueError(f"snis_normalise must be 'group' or 'batch', got {self.snis_normalise!r}")
+        if self.net != "mlp":
+            raise ValueError(f"net must be 'mlp' (the only score net so far), got {self.net!r}")
+        if self.mode == "iwsm" and self.batch_size < self.snis_n:
+            raise ValueError(f"batch_size {self.batch_size} is smaller than snis_n {self.snis_n}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "n_mc", "snis_n", "buffer_capacity",
+                     "samples_per_epoch", "sample_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+
+    @classmethod
+    def published(cls, name: str, **overrides) -> "TrainConfig":
+        """Published settings of a built-in system ("gmm40", "gmm80", "gmm120", "dw4", "lj13", "lj55")."""
+        key = name.lower().replace("-", "").replace("_", "")
+        gmm = dict(n_mc=500, sigma_min=1e-5, sigma_max=1.0, lr=5e-4, batch_size=512, target_clip=70.0,
+                   clip_per_particle=False, snis_n=5, epochs=1000)
+        presets = {
+            "gmm40": dict(gmm, scale=50.0),
+            "gmm80": dict(gmm, scale=100.0, buffer_capacity=20_000),
+            "gmm120": dict(gmm, scale=150.0),
+            "dw4": dict(n_mc=1000, sigma_min=1e-5, sigma_max=3.0, lr=1e-3, target_clip=20.0, snis_n=2),
+            "lj13": dict(n_mc=1000, sigma_min=0.01, sigma_max=2.0, lr=1e-3, target_clip=20.0, snis_n=2),
+            "lj55": dict(n_mc=100, sigma_min=0.5, sigma_max=4.0, lr=1e-3, batch_size=128, target_clip=20.0,
+                         snis_n=2),
+        }
+        if key not in presets:
+            raise ValueError(f"no published settings for {name!r}; known: {', '.join(presets)}")
+        return cls(**{**presets[key], **overrides})
+
+    @classmethod
+    def with_overrides(cls, base: "TrainConfig", overrides: dict[str, Any]) -> "TrainConfig":
+        """`base` with `overrides` applied; unknown keys raise TypeError naming the valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(overrides) - valid
+        if unknown:
+            raise TypeError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+        return dataclasses.replace(base, **overrides)
+
+
+@dataclass
+class Sampler:
+    """A trained sampler of an energy's Boltzmann distribution.
+
+    `sample(n)` returns `(n, dim)` configurations in the energy's own coordinates.
+    """
+
+    energy: Energy
+    config: TrainConfig
+    net: torch.nn.Module | None
+    buffer: ReplayBuffer | None = None
+    history: list[dict] = field(default_factory=list)
+    source: dict | None = None  # how to rebuild the energy on load (see `iwsm_md.api`)
+
+    @property
+    def sde(self) -> GeometricVESDE:
+        return GeometricVESDE(self.config.sigma_min, self.config.sigma_max)
+
+    @property
+    def space(self) -> Space:
+        return Space.of(self.energy)
+
+    @property
+    def scaled_energy(self) -> Energy:
+        return ScaledEnergy(self.energy, self.config.scale) if self.config.scale != 1.0 else self.energy
+
+    def score_fn(self, generator: torch.Generator | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        """The score used for sampling, in scaled coordinates: the network, or in `direct` mode
+        the MC estimate of Eq. 7."""
+        if self.config.mode == "direct":
+            energy, space, sde, cfg = self.scaled_energy, self.space, self.sde, self.config
+            return lambda x, t: estimate_target(energy, x, sde.sigma(t), cfg.n_mc, space, clip=cfg.target_clip,
+                                                clip_per_particle=cfg.clip_per_particle, generator=generator).score
+        net = self.net
+
+        def score(x, t):
+            with torch.no_grad():
+                return net(x, t)
+
+        return score
+
+    def sample(self, n: int, steps: int | None = None, method: str = "sde", seed: int | None = None,
+               batch: int = 10_000) -> Tensor:
+        """`(n, dim)` samples in the energy's coordinates (float32).
+
+        Args:
+            steps: integration steps (default: the config's `sample_steps`).
+            method: "sde" (reverse SDE, Euler–Maruyama) or "ode" (probability flow, Heun).
+            seed: seed of the prior draw and the SDE noise.
+            batch: samples integrated at once.
+        """
+        if method not in ("sde", "ode"):
+            raise ValueError(f"method must be 'sde' or 'ode', got {method!r}")
+        steps = steps or self.config.sample_steps
+        g = torch.Generator(device=self.config.device)
+        g.manual_seed(self.config.seed + 1 if seed is None else seed)
+        out = []
+        for start in range(0, n, batch):
+            m = min(batch, n - start)
+            x = self.sde.prior_sample(m, self.space, device=self.config.device, generator=g)
+            if method == "sde":
+                x = reverse_sde(self.score_fn(g), self.sde, self.space, x, steps, generator=g)
+            else:
+                x = probability_flow(self.score_fn(g), self.sde, self.space, x, steps)
+            out.append(x * self.config.scale)
+        return torch.cat(out)
+
+    def save(self, path: str | Path) -> None:
+        """Write config, network, buffer, history and energy source to `path`, atomically
+        (a temporary file, then a rename); `iwsm_md.load(path)` reads it back."""
+        path = Path(path)
+        state = {
+            "format": "iwsm_md.sampler/1",
+            "config": dataclasses.asdict(self.config),
+            "net": self.net.state_dict() if self.net is not None else None,
+            "buffer": self.buffer.state_dict() if self.buffer is not None else None,
+            "history": self.history,
+            "source": self.source,
+        }
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+
+
+def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None = None) -> Sampler:
+    """Train a sampler of `exp(−energy)` with `config`; returns the `Sampler`.
+
+    `log` receives one dict per epoch: loss, weight ESS fraction, inner ESS, non-finite count,
+    buffer size, wall time.
+    """
+    torch.manual_seed(config.seed)
+    g = torch.Generator(device=config.device)
+    g.manual_seed(config.seed)
+    dev = torch.device(config.device)
+    space = Space.of(energy)
+    sde = GeometricVESDE(config.sigma_min, config.sigma_max)
+    if config.mode == "direct":
+        return Sampler(energy, config, None)
+    net = MLPScore(space.dim, config.hidden, config.layers).to(dev)
+    sampler = Sampler(energy, config, net)
+    target = sampler.scaled_energy
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    buffer = None
+    if config.mode in ("iwsm", "idem"):
+        buffer = ReplayBuffer(config.buffer_capacity, space.dim, device=dev)
+        buffer.add(sde.prior_sample(config.samples_per_epoch, space, device=dev, generator=g))
+        sampler.buffer = buffer
+    n_copies = config.snis_n if config.mode == "iwsm" else 1
+    n_groups = config.batch_size // n_copies
+    started = time.perf_counter()
+    for epoch in range(config.epochs):
+        if buffer is not None and epoch > 0:
+            net.eval()
+            x = sde.prior_sample(config.samples_per_epoch, space, device=dev, generator=g)
+            buffer.add(reverse_sde(sampler.score_fn(), sde, space, x, config.sample_steps, generator=g))
+        net.train()
+        stats = {"loss": 0.0, "weight_ess": 0.0, "inner_ess": 0.0, "n_nonfinite": 0}
+        for _ in range(config.steps_per_epoch):
+            x0 = buffer.sample(n_groups, g) if buffer is not None else \
+                sde.prior_sample(n_groups, space, device=dev, generator=g)
+            t = torch.rand(n_groups, device=dev, generator=g)
+            x0r, tr = x0.repeat_interleave(n_copies, 0), t.repeat_interleave(n_copies)
+            x_t = sde.perturb(x0r, tr, space, generator=g)
+            sigma = sde.sigma(tr)
+            est = estimate_target(target, x_t, sigma, config.n_mc, space, clip=config.target_clip,
+                                  clip_per_particle=config.clip_per_particle, generator=g)
+            if config.mode == "iwsm":
+                log_q = proposal_log_density(x_t, x0, sigma, space)
+                iw = snis_weights(est.log_p, log_q, n_copies if config.snis_normalise == "group" else None)
+                w, stats["weight_ess"] = iw.weights.float(), stats["weight_ess"] + iw.ess_fraction
+            else:
+                w = est.valid.float()
+            residual = net(x_t, tr) - est.score.float()
+            loss = (w * sigma**2 * (residual * residual).sum(-1)).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+            optimizer.step()
+            stats["loss"] += loss.item()
+            stats["inner_ess"] += est.inner_ess.mean().item()
+            stats["n_nonfinite"] += est.n_nonfinite
+        elapsed = time.perf_counter() - started
+        entry = {"epoch": epoch, "loss": stats["loss"] / config.steps_per_epoch,
+                 "weight_ess": stats["weight_ess"] / config.steps_per_epoch if config.mode == "iwsm" else math.nan,
+                 "inner_ess": stats["inner_ess"] / config.steps_per_epoch, "n_nonfinite": stats["n_nonfinite"],
+                 "buffer": len(buffer) if buffer is not None else 0, "seconds": elapsed}
+        sampler.history.append(entry)
+        if log is not None:
+            log(entry)
+        if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+            break
+    net.eval()
+    return sampler
+
+
+def restore(state: dict, energy: Energy) -> Sampler:
+    """Rebuild a `Sampler` from a saved state dict and its energy."""
+    config = TrainConfig(**state["config"])
+    space = Space.of(energy)
+    net = None
+    if state["net"] is not None:
+        net = MLPScore(space.dim, config.hidden, config.layers)
+        net.load_state_dict(state["net"])
+        net.to(config.device).eval()
+    buffer = None
+    if state["buffer"] is not None:
+        buffer = ReplayBuffer(config.buffer_capacity, space.dim, device=config.device)
+        buffer.load_state_dict(state["buffer"])
+    return Sampler(energy, config, net, buffer, list(state["history"]), state["source"])

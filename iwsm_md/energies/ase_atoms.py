@@ -58,11 +58,19 @@ def from_ase(atoms: Atoms, temperature, *, check: bool = True, seed: int = 0) ->
                          "space; set atoms.pbc = False")
     if not np.all(np.isfinite(atoms.positions)):
         raise ValueError("atoms.positions contain NaN or inf")
-    parts = _parts(atoms.calc)
+    if atoms.constraints:
+        warnings.warn(f"the Atoms object has constraints {atoms.constraints}: they are not part of the energy, "
+                      "and the sampler draws unconstrained coordinates", UserWarning, stacklevel=2)
+    calculator, atoms = atoms.calc, atoms.copy()  # a copy without constraints, which would pin
+    atoms.set_constraint()  # positions and zero forces in the check and the fallback
+    parts = _parts(calculator)
     configs = _check_configurations(atoms.positions, seed)
-    terms, report = [], {}
+    terms, report, counts = [], {}, {}
     for calc, weight in parts:
         name = type(calc).__name__
+        counts[name] = counts.get(name, 0) + 1
+        if counts[name] > 1:  # several parts of one type: number them so that none is hidden
+            name = f"{name} #{counts[name]}"
         translated = _translate(calc, n, weight / kT)
         if translated is None:
             sub = atoms.copy()
@@ -96,27 +104,45 @@ def _translate(calc, n: int, scale: float):
         weights = np.vstack([np.full((1, n), 1.0 / n), np.eye(n)])
         points = np.stack([np.zeros(n, dtype=np.int64), np.arange(1, n + 1)], axis=1)
         k = float(calc.parameters.k)
-        return [BondedTerm(ex.parse(f"0.5*{k!r}*distance(p1,p2)^2"), points, scale=scale, centroid_weights=weights)]
+        # squared distance from coordinates: through distance() the gradient is NaN at the centroid
+        energy = ex.parse(f"0.5*{k!r}*((x1-x2)^2+(y1-y2)^2+(z1-z2)^2)")
+        return [BondedTerm(energy, points, scale=scale, centroid_weights=weights)]
     return None
 
 
 def _lennard_jones(calc: LennardJones, n: int, scale: float) -> PairTerm:
     p = calc.parameters
     sigma, epsilon, rc, ro = (float(p[k]) for k in ("sigma", "epsilon", "rc", "ro"))
-    tail = 4 * epsilon * ((sigma / rc) ** 12 - (sigma / rc) ** 6)
-    if abs(tail) > _NEGLIGIBLE_TAIL * abs(epsilon):
+    smooth = bool(p["smooth"])
+
+    def lj(r: float) -> float:
+        return 4 * epsilon * ((sigma / r) ** 12 - (sigma / r) ** 6)
+
+    tail = lj(rc)
+    # largest change of the pair energy: the shift (and the dropped tail beyond rc), or for the
+    # smooth cutoff the potential from ro on (|lj| decreases beyond its minimum at 2^(1/6) sigma)
+    onset = ro if smooth else rc
+    change = abs(lj(onset)) if onset >= 2 ** (1 / 6) * sigma else max(abs(lj(onset)), abs(epsilon))
+    if change > _NEGLIGIBLE_TAIL * abs(epsilon):
+        # |lj(r)| <= 4 |epsilon| (sigma/r)^6 beyond the minimum: this r makes the change negligible
+        r_ok = sigma * (4 / _NEGLIGIBLE_TAIL) ** (1 / 6)
+        how = (f"multiplies it by a smooth cutoff function from ro = {ro:g} Å" if smooth
+               else f"shifts it by {-tail:+.3g} eV inside rc and drops it beyond")
+        advice = f"{'ro' if smooth else 'rc'} >= {r_ok:.3g} Å ({r_ok / sigma:.3g} sigma)"
+        advice += " and rc > ro" if smooth else ""
         warnings.warn(
-            f"LennardJones has rc = {rc:g} Å ({rc / sigma:.2g} sigma): ASE truncates the pair potential there "
-            f"({'smooth cutoff from ro' if p['smooth'] else f'shifted by {tail:.3g} eV'}), and the sampler will draw "
-            f"from that truncated energy; pass rc >= {sigma * 10:g} Å (10 sigma) for the full potential",
-            UserWarning, stacklevel=4)
-    lj = f"4*{epsilon!r}*(({sigma!r}/r)^12-({sigma!r}/r)^6)"
-    if p["smooth"]:  # ASE's cutoff function in r², from 1 below ro to 0 at rc
-        rc2, ro2 = rc * rc, ro * ro
+            f"LennardJones has rc = {rc:g} Å ({rc / sigma:.3g} sigma): ASE truncates the pair potential there "
+            f"(it {how}), and the sampler will draw from that truncated energy; pass {advice} for the full "
+            "potential", UserWarning, stacklevel=4)
+    pair = f"4*{epsilon!r}*(({sigma!r}/r)^12-({sigma!r}/r)^6)"
+    rc2, ro2 = rc * rc, ro * ro
+    if smooth and ro >= rc:  # the cutoff function is 1 wherever the pair energy is not cut off
+        energy = f"({pair})*step({rc2!r}-r^2)"
+    elif smooth:  # ASE's cutoff function in r², from 1 below ro to 0 at rc
         cut = f"select(step({ro2!r}-r^2), 1, ({rc2!r}-r^2)^2*({rc2!r}+2*r^2-{3 * ro2!r})/{(rc2 - ro2) ** 3!r})"
-        energy = f"({lj})*{cut}*step({rc2!r}-r^2)"
+        energy = f"({pair})*{cut}*step({rc2!r}-r^2)"
     else:
-        energy = f"(({lj})-{tail!r})*step({rc!r}-r)"
+        energy = f"(({pair})-{tail!r})*step({rc!r}-r)"
     return PairTerm(ex.parse(energy), n, scale=scale)
 
 
@@ -124,7 +150,8 @@ def _check_configurations(positions: np.ndarray, seed: int, count: int = 4) -> n
     """`count` copies of `positions` (Å) perturbed by 2% of the smallest interatomic distance."""
     rng = np.random.default_rng(seed)
     d = np.linalg.norm(positions[:, None] - positions[None], axis=-1)
-    scale = 0.02 * (d[np.triu_indices(len(positions), 1)].min() if len(positions) > 1 else 1.0)
+    d_min = d[np.triu_indices(len(positions), 1)].min() if len(positions) > 1 else 0.0
+    scale = 0.02 * d_min if d_min > 0 else 0.1  # coincident atoms (e.g. Atoms("Ar13")) are pulled apart
     return positions[None] + rng.normal(0, scale, (count,) + positions.shape)
 
 

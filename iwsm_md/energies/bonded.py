@@ -26,7 +26,9 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _norm(a: Tensor) -> Tensor:
-    return torch.sqrt(_dot(a, a))
+    # clamped, so that a zero vector (coincident points, a straight angle) has gradient zero, as
+    # OpenMM's forces there, not NaN; the norm moves by at most sqrt(tiny) (1e-154 in float64)
+    return torch.sqrt(_dot(a, a).clamp_min(torch.finfo(a.dtype).tiny))
 
 
 def distance(p1: Tensor, p2: Tensor) -> Tensor:
@@ -89,6 +91,7 @@ class BondedTerm(nn.Module):
             raise ex.ExpressionError(f"bonded energy uses unknown variables {sorted(unknown)}")
         self.energy_expr = energy
         self.calls = calls
+        self.constant = not calls and not (ex.variables(energy) & coords)
         self.scale = float(scale)
         self.register_buffer("points", torch.as_tensor(points), persistent=False)
         self.param_names = sorted(per_bond)
@@ -102,7 +105,7 @@ class BondedTerm(nn.Module):
     def forward(self, pos: Tensor) -> Tensor:
         """Energies `(batch,)` in kT of positions `(batch, N, D)`."""
         if self.points.shape[0] == 0:
-            return pos.new_zeros(pos.shape[0])
+            return 0.0 * pos.sum((1, 2))  # zeros that autograd can differentiate (to zero)
         if pos.shape[-1] < 3:  # planar systems: the third coordinates are zero
             pos = torch.nn.functional.pad(pos, (0, 3 - pos.shape[-1]))
         sites = torch.einsum("gn,bnd->bgd", self.weights.to(pos), pos) if self.has_centroids else pos
@@ -116,4 +119,6 @@ class BondedTerm(nn.Module):
             env[call] = _GEOMETRY[call.name](*args)
         e = ex.evaluate(self.energy_expr, env)
         e = torch.broadcast_to(torch.as_tensor(e, dtype=pos.dtype, device=pos.device), pts.shape[:2])
+        if self.constant:  # keep the graph: the gradient of a constant is zero, not missing
+            e = e + 0.0 * pts.sum((-2, -1))
         return e.sum(-1) * self.scale

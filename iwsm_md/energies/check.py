@@ -44,7 +44,7 @@ def compare_terms(
     e = e.detach().numpy()
     e_err = np.abs(e - energies) / np.maximum(np.abs(energies), 1.0)
     f_err = np.abs(-grad.numpy() - forces).max() / max(np.abs(forces).max(), 1.0)
-    err = float(max(e_err.max(), f_err))
+    err = float(np.max([e_err.max(), f_err]))  # NaN anywhere fails the check
     if not err <= CHECK_TOLERANCE:
         raise TranslationMismatch(
             f"{name}: the translated energy disagrees with {reference} (relative error {err:.3g} > "

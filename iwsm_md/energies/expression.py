@@ -147,6 +147,11 @@ def _fold(name: str, args: tuple[Node, ...]) -> Node | None:
     return None
 
 
+def _scaled(node: Node) -> bool:
+    """A constant, or a constant times something: absorbs a constant factor for free."""
+    return isinstance(node, Const) or (isinstance(node, Op) and node.name == "mul" and isinstance(node.args[0], Const))
+
+
 def op(name: str, *args: Node) -> Node:
     """Build an operation node, folding constants and trivial identities (x+0, x*1, x^1)."""
     if name in GEOMETRY_FUNCTIONS:
@@ -179,6 +184,9 @@ def op(name: str, *args: Node) -> Node:
                 return op("mul", Const(a.value * b.args[0].value), b.args[1])
             if b.name == "neg":
                 return op("mul", Const(-a.value), b.args[0])
+            if b.name in ("add", "sub") and all(_scaled(arg) for arg in b.args):
+                # c*(c1*x ± c2*y) -> (c*c1)*x ± (c*c2)*y: one multiplication fewer
+                return op(b.name, op("mul", a, b.args[0]), op("mul", a, b.args[1]))
         if isinstance(a, Op) and a.name == "neg":
             return op("neg", op("mul", a.args[0], b))
         for x, y in ((a, b), (b, a)):  # pull constants out: (c*x)*y -> c*(x*y)
@@ -188,6 +196,7 @@ def op(name: str, *args: Node) -> Node:
             return op("neg", op("mul", a, b.args[0]))
         if a == b:
             return op("pow", a, Const(2.0))
+        args = (a, b)  # the constant first
     elif name == "div":
         if a == zero:
             return zero
@@ -195,7 +204,7 @@ def op(name: str, *args: Node) -> Node:
             return a
         if isinstance(a, Const) and a.value != 1.0:  # c/x -> c*(1/x)
             return op("mul", a, op("div", one, b))
-        if isinstance(b, Const):
+        if isinstance(b, Const) and b.value != 0.0:  # x/0 stays a division (inf or nan, as in OpenMM)
             return op("mul", Const(1.0 / b.value), a)
         if a == one and isinstance(b, Op) and b.name == "pow" and isinstance(b.args[1], Const):
             return op("pow", b.args[0], Const(-b.args[1].value))
@@ -219,7 +228,9 @@ def op(name: str, *args: Node) -> Node:
 
 
 # ----------------------------------------------------------------------------- parsing
-_TOKEN = re.compile(r"\s*(?:(\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)|([A-Za-z_][A-Za-z0-9_]*)|(.))")
+_NUMBER = r"\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_TOKEN = re.compile(rf"\s*(?:({_NUMBER})|({_NAME})|(.))", re.ASCII)
 
 
 def _tokenize(text: str) -> list[str]:
@@ -235,8 +246,9 @@ def _tokenize(text: str) -> list[str]:
 
 
 class _Parser:
-    def __init__(self, text: str):
+    def __init__(self, text: str, where: str | None = None):
         self.text = text
+        self.where = where or repr(text)  # for error messages
         self.tokens = _tokenize(text)
         self.i = 0
 
@@ -247,14 +259,17 @@ class _Parser:
         tok = self.peek()
         if tok is None or (expected is not None and tok != expected):
             want = f"'{expected}'" if expected else "more input"
-            raise ExpressionError(f"expected {want} at token {self.i} of {self.text!r}, got {tok!r}")
+            got = "the end" if tok is None else repr(tok)
+            raise ExpressionError(f"expected {want} at token {self.i} of {self.where}, got {got}")
         self.i += 1
         return tok
 
     def parse(self) -> Node:
+        if not self.tokens:
+            raise ExpressionError(f"empty expression in {self.where}")
         node = self.expr()
         if self.peek() is not None:
-            raise ExpressionError(f"unexpected {self.peek()!r} in {self.text!r}")
+            raise ExpressionError(f"unexpected {self.peek()!r} in {self.where}")
         return node
 
     def expr(self) -> Node:
@@ -288,13 +303,13 @@ class _Parser:
             node = self.expr()
             self.take(")")
             return node
-        if tok[0].isdigit() or tok[0] == ".":
+        if re.fullmatch(_NUMBER, tok, re.ASCII):
             return Const(float(tok))
-        if tok[0].isalpha() or tok[0] == "_":
+        if re.fullmatch(_NAME, tok, re.ASCII):
             if self.peek() == "(":
                 return self.call(tok)
             return Var(tok)
-        raise ExpressionError(f"unexpected {tok!r} in {self.text!r}")
+        raise ExpressionError(f"unexpected {tok!r} in {self.where}")
 
     def call(self, name: str) -> Node:
         self.take("(")
@@ -305,9 +320,9 @@ class _Parser:
         self.take(")")
         arity = GEOMETRY_FUNCTIONS.get(name, FUNCTIONS.get(name, (None,))[0] if name in FUNCTIONS else None)
         if arity is None or name in ("add", "sub", "mul", "div", "pow", "neg"):
-            raise ExpressionError(f"unknown function {name!r} in {self.text!r}")
+            raise ExpressionError(f"unknown function {name!r} in {self.where}")
         if len(args) != arity:
-            raise ExpressionError(f"{name} takes {arity} arguments, got {len(args)} in {self.text!r}")
+            raise ExpressionError(f"{name} takes {arity} arguments, got {len(args)} in {self.where}")
         return op(name, *args)
 
 
@@ -332,17 +347,20 @@ def substitute(node: Node, values: Mapping[str, Node]) -> Node:
 
 def parse(expression: str) -> Node:
     """Parse an OpenMM energy expression, with `;`-separated definitions, into a tree."""
-    parts = [p.strip() for p in expression.split(";") if p.strip()]
-    if not parts:
-        raise ExpressionError("empty expression")
+    if not isinstance(expression, str):
+        raise TypeError(f"an expression must be a string, got {type(expression).__name__}")
+    primary, *parts = expression.split(";")
+    if not primary.strip():
+        raise ExpressionError(f"empty expression in {expression!r}" if parts else "empty expression")
     definitions: dict[str, Node] = {}
-    for part in reversed(parts[1:]):
+    for part in reversed([p.strip() for p in parts if p.strip()]):
         name, sep, body = part.partition("=")
         name = name.strip()
-        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            raise ExpressionError(f"malformed definition {part!r} in {expression!r}")
-        definitions[name] = substitute(_Parser(body).parse(), definitions)
-    return substitute(_Parser(parts[0]).parse(), definitions)
+        if not sep or not re.fullmatch(_NAME, name, re.ASCII):
+            raise ExpressionError(f"malformed definition {part!r} in {expression!r}: expected 'name = expression'")
+        where = f"the definition of {name!r} in {expression!r}"
+        definitions[name] = substitute(_Parser(body, where).parse(), definitions)
+    return substitute(_Parser(primary, repr(expression)).parse(), definitions)
 
 
 def variables(node: Node) -> set[str]:
@@ -417,8 +435,9 @@ def _derivative(n: Node, var: str, d: Callable[[Node], Node]) -> Node:
         if n.name == "atan2":  # atan2(y=a, x=b)
             return op("div", op("sub", op("mul", b, da), op("mul", a, db)),
                       op("add", op("mul", a, a), op("mul", b, b)))
+        # at a tie, as in OpenMM: min takes the derivative of its second argument, max of its first
         if n.name == "min":
-            return op("select", op("step", op("sub", b, a)), da, db)
+            return op("select", op("step", op("sub", a, b)), db, da)
         return op("select", op("step", op("sub", a, b)), da, db)  # max
     if n.name == "select":
         return op("select", a, d(n.args[1]), d(n.args[2]))
@@ -463,6 +482,8 @@ def evaluate(node: Node, env: Mapping[str | Node, Tensor | float], cache: dict |
     Geometry calls are looked up in `env` by their node.
     """
     cache = {} if cache is None else cache
+    like = next((v for v in env.values() if isinstance(v, Tensor) and v.is_floating_point()), None)
+    dtype = torch.float64 if like is None else like.dtype
 
     def ev(n: Node):
         hit = cache.get(n)
@@ -472,8 +493,11 @@ def evaluate(node: Node, env: Mapping[str | Node, Tensor | float], cache: dict |
             out = n.value
         elif isinstance(n, Var):
             if n.name not in env:
-                raise ExpressionError(f"no value for variable {n.name!r}")
+                known = sorted(k for k in env if isinstance(k, str))
+                raise ExpressionError(f"no value for variable {n.name!r} (values given for {known})")
             out = env[n.name]
+            if not isinstance(out, Tensor):  # numbers become tensors: the functions are torch's
+                out = torch.as_tensor(out, dtype=dtype, device=None if like is None else like.device)
         elif n.name in GEOMETRY_FUNCTIONS:
             if n not in env:
                 raise ExpressionError(f"no value for {n!r}")
@@ -481,7 +505,10 @@ def evaluate(node: Node, env: Mapping[str | Node, Tensor | float], cache: dict |
         elif n.name == "pow" and _small_integer(n.args[1]):
             out = _integer_power(n.args[0], int(n.args[1].value), ev, cache)
         else:
-            out = FUNCTIONS[n.name][1](*(ev(a) for a in n.args))
+            args = [ev(a) for a in n.args]
+            if not any(isinstance(a, Tensor) for a in args):  # constants only (a tree built unfolded)
+                args = [torch.tensor(a, dtype=dtype) for a in args]
+            out = FUNCTIONS[n.name][1](*args)
         cache[n] = out
         return out
 
@@ -498,8 +525,8 @@ def _integer_power(base: Node, k: int, ev: Callable, cache: dict):
     if k < 0:  # u^-k = (1/u)^k: one division, then the table of powers of 1/u
         base, k = op("recip", base), -k
     a = ev(base)
-    if not isinstance(a, Tensor):
-        return a**k
+    if not isinstance(a, Tensor):  # a constant base (a tree built unfolded)
+        return torch.tensor(a, dtype=torch.float64) ** k
     table = cache.setdefault(("powers", base), {1: a})
     return _power_from(table, k)
 

@@ -321,9 +321,9 @@ class ASEFallbackTerm(_FallbackTerm):
         )
 
     def _row(self, pos: np.ndarray) -> tuple[float, np.ndarray]:
-        self.atoms.set_positions(pos)
+        self.atoms.set_positions(pos, apply_constraint=False)  # the energy of exactly these positions
         energy = self.atoms.get_potential_energy() / self.kT
-        return energy, self.atoms.get_forces() / self.kT
+        return energy, self.atoms.get_forces(apply_constraint=False) / self.kT
 
     def _evaluate(self, pos: np.ndarray):
         return _evaluate_rows(self._row, pos, (Exception,))

@@ -210,7 +210,7 @@ def _switched(energy: ex.Node, force, cutoff_method: int) -> ex.Node:
     if cutoff_method == 0:  # NoCutoff for every force type
         return energy
     rc = force.getCutoffDistance().value_in_unit(unit.nanometer)
-    factor = f"step({rc!r}-r)"
+    factor = f"(1-step(r-{rc!r}))"  # OpenMM drops pairs at r >= rc
     if force.getUseSwitchingFunction():
         rs = force.getSwitchingDistance().value_in_unit(unit.nanometer)
         x = f"((r-{rs!r})/{rc - rs!r})"
@@ -257,7 +257,7 @@ def _nonbonded(force: openmm.NonbondedForce, n, scale, masses):
         eps_rf = force.getReactionFieldDielectric()
         krf = (eps_rf - 1) / (2 * eps_rf + 1) / rc**3
         crf = 1 / rc + krf * rc**2
-        coulomb = f"{ONE_4PI_EPS0!r}*q1*q2*(1/r+{krf!r}*r^2-{crf!r})*step({rc!r}-r)"
+        coulomb = f"{ONE_4PI_EPS0!r}*q1*q2*(1/r+{krf!r}*r^2-{crf!r})*(1-step(r-{rc!r}))"
     lj = _switched(ex.parse("4*eps*((sig/r)^12-(sig/r)^6); eps=sqrt(eps1*eps2); sig=0.5*(sig1+sig2)"), force, method)
     energy = ex.op("add", ex.parse(coulomb), lj)
     exceptions = [force.getExceptionParameters(k) for k in range(force.getNumExceptions())]
@@ -305,10 +305,16 @@ def _harmonic_bond(force: openmm.HarmonicBondForce, n, scale, masses):
     return [PairTerm(ex.parse("0.5*k*(r-r0)^2"), n, pairs, per_pair={"r0": r0, "k": k}, scale=scale)]
 
 
+def _private(names: list[str]) -> dict[str, str]:
+    """Internal names of per-item parameters of forces whose expressions have no coordinate
+    variables: a parameter may be called x1 there, which BondedTerm's coordinates would shadow."""
+    return {name: f"{name}'" for name in names}
+
+
 def _custom_external(force: openmm.CustomExternalForce, n, scale, masses):
-    names = _param_names(force, "getNumPerParticleParameters", "getPerParticleParameterName")
-    points, params = _bond_table(force.getNumParticles(), force.getParticleParameters, 1, names)
-    energy = _parse(force, force.getEnergyFunction(), {"x": "x1", "y": "y1", "z": "z1"})
+    private = _private(_param_names(force, "getNumPerParticleParameters", "getPerParticleParameterName"))
+    points, params = _bond_table(force.getNumParticles(), force.getParticleParameters, 1, list(private.values()))
+    energy = _parse(force, force.getEnergyFunction(), {**private, "x": "x1", "y": "y1", "z": "z1"})
     return [BondedTerm(energy, points, params, scale)]
 
 
@@ -321,9 +327,10 @@ def _harmonic_angle(force: openmm.HarmonicAngleForce, n, scale, masses):
 
 
 def _custom_angle(force: openmm.CustomAngleForce, n, scale, masses):
-    names = _param_names(force, "getNumPerAngleParameters", "getPerAngleParameterName")
-    points, params = _bond_table(force.getNumAngles(), force.getAngleParameters, 3, names)
-    energy = ex.substitute(_parse(force, force.getEnergyFunction()), {"theta": ex.parse("angle(p1,p2,p3)")})
+    private = _private(_param_names(force, "getNumPerAngleParameters", "getPerAngleParameterName"))
+    points, params = _bond_table(force.getNumAngles(), force.getAngleParameters, 3, list(private.values()))
+    energy = ex.substitute(_parse(force, force.getEnergyFunction(), private),
+                           {"theta": ex.parse("angle(p1,p2,p3)")})
     return [BondedTerm(energy, points, params, scale)]
 
 
@@ -337,9 +344,10 @@ def _periodic_torsion(force: openmm.PeriodicTorsionForce, n, scale, masses):
 
 
 def _custom_torsion(force: openmm.CustomTorsionForce, n, scale, masses):
-    names = _param_names(force, "getNumPerTorsionParameters", "getPerTorsionParameterName")
-    points, params = _bond_table(force.getNumTorsions(), force.getTorsionParameters, 4, names)
-    energy = ex.substitute(_parse(force, force.getEnergyFunction()), {"theta": ex.parse("dihedral(p1,p2,p3,p4)")})
+    private = _private(_param_names(force, "getNumPerTorsionParameters", "getPerTorsionParameterName"))
+    points, params = _bond_table(force.getNumTorsions(), force.getTorsionParameters, 4, list(private.values()))
+    energy = ex.substitute(_parse(force, force.getEnergyFunction(), private),
+                           {"theta": ex.parse("dihedral(p1,p2,p3,p4)")})
     return [BondedTerm(energy, points, params, scale)]
 
 

@@ -20,9 +20,11 @@ from torch import Tensor, nn
 from iwsm_md.energies import expression as ex
 
 # elements of the (chunk, N, N) or (chunk, P) working arrays per chunk
-_CHUNK_ELEMENTS = 3 << 17
+_CHUNK_ELEMENTS = 3 << 18
 # below this fill fraction of the upper triangle a pair list is evaluated sparsely
 _DENSE_FILL = 0.25
+# the squared distance, by a name no parameter can take (OpenMM names are identifiers)
+_U = "<r^2>"
 
 
 class PairTerm(nn.Module):
@@ -66,8 +68,8 @@ class PairTerm(nn.Module):
         # Work in u = r²: even powers of r need no square root, and the force factor
         # f'(r)/r = 2 df/du needs no division.
         # The scale is folded into the expressions' constants.
-        self.energy_expr = ex.op("mul", ex.Const(scale), ex.substitute(energy, {"r": ex.op("sqrt", ex.Var("u"))}))
-        self.force_expr = ex.op("mul", ex.Const(2.0), ex.derivative(self.energy_expr, "u"))
+        self.energy_expr = ex.op("mul", ex.Const(scale), ex.substitute(energy, {"r": ex.op("sqrt", ex.Var(_U))}))
+        self.force_expr = ex.op("mul", ex.Const(2.0), ex.derivative(self.energy_expr, _U))
         self.n_particles = n
         self.n_pairs = len(pairs)
         lo, hi = np.minimum(pairs[:, 0], pairs[:, 1]), np.maximum(pairs[:, 0], pairs[:, 1])
@@ -94,13 +96,13 @@ class PairTerm(nn.Module):
     def forward(self, pos: Tensor) -> Tensor:
         """Energies `(batch,)` in kT of positions `(batch, N, D)`."""
         if self.n_pairs == 0:
-            return pos.new_zeros(pos.shape[0])
+            return 0.0 * pos.sum((1, 2))  # zeros that autograd can differentiate (to zero)
         return _PairEnergy.apply(pos, self)
 
     def values(self, u: Tensor, params: dict[str, Tensor], with_force: bool) -> tuple[Tensor, Tensor | None]:
         """Scaled pair energies and, if asked, force factors f'(r)/r, at squared distances `u`."""
         cache: dict = {}
-        env = dict(params, u=u)
+        env = {**params, _U: u}
         e = torch.broadcast_to(torch.as_tensor(ex.evaluate(self.energy_expr, env, cache), dtype=u.dtype,
                                                device=u.device), u.shape)
         if not with_force:
@@ -117,7 +119,7 @@ class PairTerm(nn.Module):
         b, n = x.shape[:2]
         x = x - x.mean(dim=1, keepdim=True)  # distances are shift invariant; centring cuts f32 cancellation
         sq = (x * x).sum(-1)
-        r2 = sq[:, :, None] + sq[:, None, :] - 2.0 * torch.bmm(x, x.transpose(1, 2))
+        r2 = torch.baddbmm(sq[:, :, None] + sq[:, None, :], x, x.transpose(1, 2), alpha=-2.0)
         flat = self.flat.to(x.device)
         u = r2.reshape(b, n * n).index_select(1, flat).clamp_min(torch.finfo(x.dtype).tiny)
         e, c = self.values(u, params, with_force)
@@ -153,7 +155,7 @@ class _PairEnergy(torch.autograd.Function):
         step = max(1, _CHUNK_ELEMENTS // width)
         kernel = term.dense_chunk if term.dense else term.sparse_chunk
         energies, grads = [], []
-        for start in range(0, pos.shape[0], step):
+        for start in range(0, pos.shape[0], step) or [0]:  # an empty batch is one empty chunk
             e, g = kernel(pos[start:start + step], params, with_force)
             energies.append(e)
             grads.append(g)

@@ -1,7 +1,6 @@
 """iwsm_md.metrics against known answers, and DESIGN.md's floor rows from the published sets."""
 import math
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,8 +16,7 @@ from iwsm_md.metrics import (centre, distance_tvd, energies, energy_tvd, evaluat
                              pair_distances, repeated, sample_tvd, w1, w2, wasserstein)
 from iwsm_md.potentials import gmm
 
-REFERENCE = Path("/work/shared/data/reference")
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="published reference sets not available")
+from paths import REFERENCE
 
 
 def rng(seed=0):
@@ -337,7 +335,6 @@ def published(name):
     return np.load(REFERENCE / name).astype(np.float64)
 
 
-@needs_reference
 def test_dw4_floor():
     from iwsm_md.energies import from_openmm
     from iwsm_md.potentials import REDUCED_TEMPERATURE, double_well
@@ -355,7 +352,6 @@ def test_dw4_floor():
     assert_matches(centred, {"W1": (1.179, 0.006), "W2": (1.445, 0.012), "D-TVD": (0.0301, 0.0035)}, SLACK)
 
 
-@needs_reference
 def test_lj13_floor():
     from iwsm_md.energies import from_openmm
     from iwsm_md.potentials import REDUCED_TEMPERATURE, lj_cluster

@@ -1,5 +1,4 @@
 """Tests of the benchmark-system builders against independent implementations and published data."""
-from pathlib import Path
 
 import numpy as np
 import openmm
@@ -21,8 +20,7 @@ from iwsm_md.potentials import (
     lj_cluster_atoms,
 )
 
-REFERENCE = Path("/work/shared/data/reference")
-needs_reference = pytest.mark.skipif(not REFERENCE.is_dir(), reason="published reference sets not available")
+from paths import REFERENCE
 KJ = unit.kilojoule_per_mole
 
 
@@ -132,7 +130,6 @@ def test_dw_random_configurations_match_numpy():
     np.testing.assert_allclose(OpenMMEvaluator(double_well(4)).energies(xs), dw_numpy(xs), rtol=1e-10, atol=0)
 
 
-@needs_reference
 def test_reference_rows_match_numpy():
     lj = _reference("test_split_LJ13-1000.npy")[:50].reshape(-1, 13, 3)
     np.testing.assert_allclose(OpenMMEvaluator(lj_cluster(13)).energies(lj), lj_numpy(lj), rtol=1e-10, atol=0)
@@ -140,7 +137,6 @@ def test_reference_rows_match_numpy():
     np.testing.assert_allclose(OpenMMEvaluator(double_well(4)).energies(dw), dw_numpy(dw), rtol=1e-10, atol=0)
 
 
-@needs_reference
 def test_validation_set_mean_energies():
     lj = _reference("val_split_LJ13-1000.npy").reshape(-1, 13, 3)
     e_lj = OpenMMEvaluator(lj_cluster(13)).energies(lj)

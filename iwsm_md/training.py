@@ -8,7 +8,7 @@ Modes share one loop:
 
 Every epoch (except in `pdem` and `direct`) the reverse SDE refills the FIFO buffer from the
 prior with the current network; then `steps_per_epoch` gradient steps minimise
-`mean_b w_b σ(t_b)² ||s_θ(x_t, t) − ŝ(x_t, t)||²`.
+`mean_b w_b λ(σ(t_b)) ||s_θ(x_t, t) − ŝ(x_t, t)||²` (λ = σ², σ or 1: `loss_weight`).
 """
 from __future__ import annotations
 
@@ -25,11 +25,13 @@ from torch import Tensor
 from iwsm_md.buffer import ReplayBuffer
 from iwsm_md.energies.base import Energy, ScaledEnergy
 from iwsm_md.estimators import estimate_target, proposal_log_density, snis_weights
-from iwsm_md.nets import MLPScore
+from iwsm_md.nets import MLPScore, NoiseScaled
 from iwsm_md.sampling import probability_flow, reverse_sde
 from iwsm_md.sde import GeometricVESDE, Space
 
 MODES = ("iwsm", "idem", "pdem", "direct")
+# λ(σ) weighting of the score-matching loss per noise level
+LOSS_WEIGHTS = {"sigma2": lambda s: s * s, "sigma": lambda s: s, "one": torch.ones_like}
 
 
 @dataclass
@@ -48,6 +50,8 @@ class TrainConfig:
     scale: float = 1.0  # the sampler works in x / scale
     lr: float = 5e-4
     grad_clip: float = 1.0
+    noise_scaled: bool = False  # the net predicts σ·score (s = net / σ) instead of the score
+    loss_weight: str = "sigma2"  # λ(t) of the score-matching loss: "sigma2" (σ(t)²), "sigma" or "one"
     target_clip: float | None = None
     clip_per_particle: bool = True
     snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
@@ -65,6 +69,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.loss_weight not in LOSS_WEIGHTS:
+            raise ValueError(f"loss_weight must be one of {tuple(LOSS_WEIGHTS)}, got {self.loss_weight!r}")
         if self.snis_normalise not in ("group", "batch"):
             raise ValueError(f"snis_normalise must be 'group' or 'batch', got {self.snis_normalise!r}")
         if self.net != "mlp":
@@ -189,6 +195,12 @@ class Sampler:
         tmp.replace(path)
 
 
+def build_net(space: Space, config: TrainConfig) -> torch.nn.Module:
+    """The score network a config describes, for samples of `space`."""
+    net = MLPScore(space.dim, config.hidden, config.layers)
+    return NoiseScaled(net, config.sigma_min, config.sigma_max) if config.noise_scaled else net
+
+
 def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None = None) -> Sampler:
     """Train a sampler of `exp(−energy)` with `config`; returns the `Sampler`.
 
@@ -203,7 +215,7 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
     sde = GeometricVESDE(config.sigma_min, config.sigma_max)
     if config.mode == "direct":
         return Sampler(energy, config, None)
-    net = MLPScore(space.dim, config.hidden, config.layers).to(dev)
+    net = build_net(space, config).to(dev)
     sampler = Sampler(energy, config, net)
     target = sampler.scaled_energy
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
@@ -238,7 +250,7 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
             else:
                 w = est.valid.float()
             residual = net(x_t, tr) - est.score.float()
-            loss = (w * sigma**2 * (residual * residual).sum(-1)).mean()
+            loss = (w * LOSS_WEIGHTS[config.loss_weight](sigma) * (residual * residual).sum(-1)).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
@@ -266,7 +278,7 @@ def restore(state: dict, energy: Energy) -> Sampler:
     space = Space.of(energy)
     net = None
     if state["net"] is not None:
-        net = MLPScore(space.dim, config.hidden, config.layers)
+        net = build_net(space, config)
         net.load_state_dict(state["net"])
         net.to(config.device).eval()
     buffer = None

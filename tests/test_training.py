@@ -91,3 +91,20 @@ def test_bad_config_and_system_raise():
     with pytest.raises(TypeError, match="temperature is required"):
         iwsm_md.train(double_well(4), spatial_dim=2)
     assert TrainConfig.published("gmm40").scale == 50.0
+
+
+def test_noise_scaled_net_divides_by_sigma_and_loss_weights_are_checked():
+    from iwsm_md.nets import MLPScore, NoiseScaled
+    from iwsm_md.sde import GeometricVESDE
+
+    torch.manual_seed(0)
+    net = MLPScore(3, hidden=16, layers=2)
+    scaled = NoiseScaled(net, 0.01, 2.0)
+    x, t = torch.randn(5, 3), torch.rand(5)
+    sigma = GeometricVESDE(0.01, 2.0).sigma(t)
+    assert torch.allclose(scaled(x, t), net(x, t) / sigma[:, None], rtol=1e-5)
+    with pytest.raises(ValueError, match="loss_weight must be one of"):
+        TrainConfig(loss_weight="cubic")
+    s = iwsm_md.train(gmm(2, loc_scale=4.0), noise_scaled=True, loss_weight="sigma", epochs=1, steps_per_epoch=2,
+                      batch_size=20, n_mc=8, snis_n=4, samples_per_epoch=20, sample_steps=5, scale=4.0)
+    assert isinstance(s.net, NoiseScaled) and torch.isfinite(s.sample(10, steps=5)).all()

@@ -39,3 +39,16 @@ class MLPScore(nn.Module):
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Scores `(batch, dim)` at positions `x` `(batch, dim)` and times `t` `(batch,)`."""
         return self.body(torch.cat([x, self.time(sinusoidal_embedding(t, self.time_width))], dim=1))
+
+
+class NoiseScaled(nn.Module):
+    """`s(x, t) = net(x, t) / σ(t)`: the network predicts σ·score, which stays O(1) across noise
+    levels, and its errors at small σ move reverse-SDE samples by only O(σ)."""
+
+    def __init__(self, net: nn.Module, sigma_min: float, sigma_max: float):
+        super().__init__()
+        self.net, self.sigma_min, self.log_ratio = net, sigma_min, math.log(sigma_max / sigma_min)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        """Scores `(batch, dim)` at positions `(batch, dim)` and times `(batch,)`."""
+        return self.net(x, t) / (self.sigma_min * torch.exp(t * self.log_ratio))[:, None]

@@ -152,9 +152,13 @@ def table() -> None:
             minutes = np.mean([r["train_seconds"] for r in rs]) / 60
             lines.append(f"| {mode} | {', '.join(str(r['seed']) for r in rs)} | " + " | ".join(cells)
                          + f" | {minutes:.1f} |")
+        unmet = [f"{mode} {m}" for mode in MODES for m in METRICS
+                 if any(r["mode"] == mode for r in recs)
+                 and np.mean([r["metrics"][m] for r in recs if r["mode"] == mode]) > goal[m]]
+        lines += ["", "Targets not reached: " + (", ".join(unmet) if unmet else "none") + "."]
         owed = [f"{mode} seed {s}" for mode in MODES for s in SEEDS
                 if not any(r["mode"] == mode and r["seed"] == s for r in recs)]
-        lines += ["", "Runs owed: " + (", ".join(owed) if owed else "none") + "."]
+        lines += ["Runs owed: " + (", ".join(owed) if owed else "none") + "."]
         if recs:
             cfg = recs[0]["config"]
             keys = ("n_mc", "batch_size", "snis_n", "steps_per_epoch", "sample_steps", "samples_per_epoch", "lr",

@@ -287,6 +287,16 @@ def _bond_table(count: int, get, n_points: int, names: list[str]):
     return points, {name: values[:, k] for k, name in enumerate(names)}
 
 
+def _grouped_bond_table(force, k: int):
+    """Bonds of a compound or centroid force, whose rows are (points, params) -> points
+    (n_bonds, k), params dict."""
+    names = _param_names(force, "getNumPerBondParameters", "getPerBondParameterName")
+    rows = [force.getBondParameters(b) for b in range(force.getNumBonds())]
+    points = np.array([list(r[0]) for r in rows], dtype=np.int64).reshape(len(rows), k)
+    values = np.array([list(r[1]) for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+    return points, {name: values[:, i] for i, name in enumerate(names)}
+
+
 def _param_names(force, count_getter: str, name_getter: str) -> list[str]:
     return [getattr(force, name_getter)(i) for i in range(getattr(force, count_getter)())]
 
@@ -352,13 +362,8 @@ def _custom_torsion(force: openmm.CustomTorsionForce, n, scale, masses):
 
 
 def _custom_compound(force: openmm.CustomCompoundBondForce, n, scale, masses):
-    k = force.getNumParticlesPerBond()
-    names = _param_names(force, "getNumPerBondParameters", "getPerBondParameterName")
-    rows = [force.getBondParameters(b) for b in range(force.getNumBonds())]
-    points = np.array([list(r[0]) for r in rows], dtype=np.int64).reshape(-1, k)
-    values = np.array([list(r[1]) for r in rows], dtype=np.float64).reshape(len(rows), len(names))
-    return [BondedTerm(_parse(force, force.getEnergyFunction()), points,
-                       {nm: values[:, i] for i, nm in enumerate(names)}, scale)]
+    points, params = _grouped_bond_table(force, force.getNumParticlesPerBond())
+    return [BondedTerm(_parse(force, force.getEnergyFunction()), points, params, scale)]
 
 
 def _custom_centroid(force: openmm.CustomCentroidBondForce, n, scale, masses):
@@ -370,12 +375,9 @@ def _custom_centroid(force: openmm.CustomCentroidBondForce, n, scale, masses):
         if w.sum() == 0:
             raise NotTranslatable(f"group {g} has zero total weight")
         np.add.at(weights[g], list(particles), w / w.sum())
-    names = _param_names(force, "getNumPerBondParameters", "getPerBondParameterName")
-    rows = [force.getBondParameters(b) for b in range(force.getNumBonds())]
-    points = np.array([list(r[0]) for r in rows], dtype=np.int64).reshape(-1, k)
-    values = np.array([list(r[1]) for r in rows], dtype=np.float64).reshape(len(rows), len(names))
+    points, params = _grouped_bond_table(force, k)
     energy = _parse(force, force.getEnergyFunction(), {f"g{m}": f"p{m}" for m in range(1, k + 1)})
-    return [BondedTerm(energy, points, {nm: values[:, i] for i, nm in enumerate(names)}, scale, weights)]
+    return [BondedTerm(energy, points, params, scale, weights)]
 
 
 _TRANSLATORS = {

@@ -198,7 +198,7 @@ class Sampler:
 def build_net(space: Space, config: TrainConfig) -> torch.nn.Module:
     """The score network a config describes, for samples of `space`."""
     net = MLPScore(space.dim, config.hidden, config.layers)
-    return NoiseScaled(net, config.sigma_min, config.sigma_max) if config.noise_scaled else net
+    return NoiseScaled(net, GeometricVESDE(config.sigma_min, config.sigma_max)) if config.noise_scaled else net
 
 
 def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None = None) -> Sampler:

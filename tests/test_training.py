@@ -99,9 +99,9 @@ def test_noise_scaled_net_divides_by_sigma_and_loss_weights_are_checked():
 
     torch.manual_seed(0)
     net = MLPScore(3, hidden=16, layers=2)
-    scaled = NoiseScaled(net, 0.01, 2.0)
+    scaled = NoiseScaled(net, GeometricVESDE(0.01, 2.0))
     x, t = torch.randn(5, 3), torch.rand(5)
-    sigma = GeometricVESDE(0.01, 2.0).sigma(t)
+    sigma = 0.01 * (2.0 / 0.01) ** t
     assert torch.allclose(scaled(x, t), net(x, t) / sigma[:, None], rtol=1e-5)
     with pytest.raises(ValueError, match="loss_weight must be one of"):
         TrainConfig(loss_weight="cubic")

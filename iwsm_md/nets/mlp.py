@@ -6,6 +6,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from iwsm_md.sde import GeometricVESDE
+
 
 def sinusoidal_embedding(t: Tensor, width: int, max_period: float = 10000.0) -> Tensor:
     """Transformer-style embedding `(batch, width)` of times `t` `(batch,)` in [0, 1]."""
@@ -45,10 +47,10 @@ class NoiseScaled(nn.Module):
     """`s(x, t) = net(x, t) / σ(t)`: the network predicts σ·score, which stays O(1) across noise
     levels, and its errors at small σ move reverse-SDE samples by only O(σ)."""
 
-    def __init__(self, net: nn.Module, sigma_min: float, sigma_max: float):
+    def __init__(self, net: nn.Module, sde: GeometricVESDE):
         super().__init__()
-        self.net, self.sigma_min, self.log_ratio = net, sigma_min, math.log(sigma_max / sigma_min)
+        self.net, self.sde = net, sde
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Scores `(batch, dim)` at positions `(batch, dim)` and times `(batch,)`."""
-        return self.net(x, t) / (self.sigma_min * torch.exp(t * self.log_ratio))[:, None]
+        return self.net(x, t) / self.sde.sigma(t)[:, None]

@@ -5,10 +5,8 @@ import pickle
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from iwsm_md.energies.base import Energy
-from iwsm_md.training import Sampler, TrainConfig, fit, restore
+from iwsm_md.training import Sampler, TrainConfig, fit, read_state, restore
 
 
 def _resolve(system, temperature, spatial_dim) -> tuple[Energy, dict | None, str | None]:
@@ -39,7 +37,8 @@ def _resolve(system, temperature, spatial_dim) -> tuple[Energy, dict | None, str
 
 
 def train(system, *, temperature=None, spatial_dim: int = 3, config: TrainConfig | None = None,
-          log: Callable[[dict], None] | None = None, **overrides) -> Sampler:
+          log: Callable[[dict], None] | None = None, checkpoint: str | Path | None = None,
+          checkpoint_every: int = 100, resume: bool = False, **overrides) -> Sampler:
     """Train a sampler of the Boltzmann distribution of `system`.
 
     Args:
@@ -49,6 +48,8 @@ def train(system, *, temperature=None, spatial_dim: int = 3, config: TrainConfig
         config: a `TrainConfig`; default: the published settings of a built-in system, else
             `TrainConfig()`.
         log: called with each epoch's statistics.
+        checkpoint, checkpoint_every, resume: write a training checkpoint every
+            `checkpoint_every` gradient steps (atomically) and resume from it (see `training.fit`).
         **overrides: any `TrainConfig` field (unknown keys raise TypeError).
 
     Returns a `Sampler`; `sampler.sample(n)` gives `(n, dim)` configurations in the system's
@@ -56,9 +57,8 @@ def train(system, *, temperature=None, spatial_dim: int = 3, config: TrainConfig
     """
     energy, source, name = _resolve(system, temperature, spatial_dim)
     base = config or (TrainConfig.published(name) if name is not None else TrainConfig())
-    sampler = fit(energy.to(base.device), TrainConfig.with_overrides(base, overrides), log=log)
-    sampler.source = source
-    return sampler
+    return fit(energy.to(base.device), TrainConfig.with_overrides(base, overrides), log=log, source=source,
+               checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
 
 
 def load(path: str | Path, energy: Energy | None = None) -> Sampler:
@@ -70,12 +70,7 @@ def load(path: str | Path, energy: Energy | None = None) -> Sampler:
     from iwsm_md.potentials.builtin import builtin_energy
 
     path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        raise ValueError(f"cannot read sampler checkpoint {path}: {err}") from err
-    if not isinstance(state, dict) or state.get("format") != "iwsm_md.sampler/1":
-        raise ValueError(f"{path} is not an iwsm_md sampler checkpoint")
+    state = read_state(path)
     source = state["source"]
     if energy is None:
         if source is None:

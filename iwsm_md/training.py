@@ -8,12 +8,14 @@ Modes share one loop:
 
 Every epoch (except in `pdem` and `direct`) the reverse SDE refills the FIFO buffer from the
 prior with the current network; then `steps_per_epoch` gradient steps minimise
-`mean_b w_b λ(σ(t_b)) ||s_θ(x_t, t) − ŝ(x_t, t)||²` (λ = σ², σ or 1: `loss_weight`).
+`mean_b w_b λ(σ(t_b)) ||s_θ(x_t, t) − ŝ(x_t, t)||²` (λ = σ², σ or 1 (`loss_weight`), plus
+`loss_floor`).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +27,12 @@ from torch import Tensor
 from iwsm_md.buffer import ReplayBuffer
 from iwsm_md.energies.base import Energy, ScaledEnergy
 from iwsm_md.estimators import estimate_target, proposal_log_density, snis_weights
-from iwsm_md.nets import MLPScore, NoiseScaled
+from iwsm_md.nets import EGNNScore, MLPScore, NoiseScaled
 from iwsm_md.sampling import probability_flow, reverse_sde
 from iwsm_md.sde import GeometricVESDE, Space
 
 MODES = ("iwsm", "idem", "pdem", "direct")
+NETS = ("auto", "mlp", "egnn", "e3nn")
 # λ(σ) weighting of the score-matching loss per noise level
 LOSS_WEIGHTS = {"sigma2": lambda s: s * s, "sigma": lambda s: s, "one": torch.ones_like}
 
@@ -52,14 +55,16 @@ class TrainConfig:
     grad_clip: float = 1.0
     noise_scaled: bool = False  # the net predicts σ·score (s = net / σ) instead of the score
     loss_weight: str = "sigma2"  # λ(t) of the score-matching loss: "sigma2" (σ(t)²), "sigma" or "one"
+    loss_floor: float = 1e-3  # added to λ(t) (iDEM's ε), so that small noise levels still count
     target_clip: float | None = None
     clip_per_particle: bool = True
+    blend_length: float | None = None  # well width L (scaled units): blend Eq. 7 with Tweedie (estimators.py)
     snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
     snis_normalise: str = "group"  # "group": over each (x_0, t)'s copies; "batch": over the batch
     buffer_capacity: int = 10_000
     samples_per_epoch: int = 1000  # reverse-SDE samples added to the buffer each epoch
     sample_steps: int = 1000  # Euler-Maruyama steps of the reverse SDE
-    net: str = "mlp"
+    net: str = "auto"  # "mlp", "egnn", "e3nn"; "auto": mlp for one particle, egnn for particle systems
     hidden: int = 128
     layers: int = 3
     seed: int = 0
@@ -73,8 +78,8 @@ class TrainConfig:
             raise ValueError(f"loss_weight must be one of {tuple(LOSS_WEIGHTS)}, got {self.loss_weight!r}")
         if self.snis_normalise not in ("group", "batch"):
             raise ValueError(f"snis_normalise must be 'group' or 'batch', got {self.snis_normalise!r}")
-        if self.net != "mlp":
-            raise ValueError(f"net must be 'mlp' (the only score net so far), got {self.net!r}")
+        if self.net not in NETS:
+            raise ValueError(f"net must be one of {NETS}, got {self.net!r}")
         if self.mode == "iwsm" and self.batch_size < self.snis_n:
             raise ValueError(f"batch_size {self.batch_size} is smaller than snis_n {self.snis_n}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "n_mc", "snis_n", "buffer_capacity",
@@ -93,9 +98,9 @@ class TrainConfig:
             "gmm80": dict(gmm, scale=100.0, buffer_capacity=20_000),
             "gmm120": dict(gmm, scale=150.0),
             "dw4": dict(n_mc=1000, sigma_min=1e-5, sigma_max=3.0, lr=1e-3, target_clip=20.0, snis_n=2),
-            "lj13": dict(n_mc=1000, sigma_min=0.01, sigma_max=2.0, lr=1e-3, target_clip=20.0, snis_n=2),
+            "lj13": dict(n_mc=1000, sigma_min=0.01, sigma_max=2.0, lr=1e-3, target_clip=20.0, snis_n=2, layers=5),
             "lj55": dict(n_mc=100, sigma_min=0.5, sigma_max=4.0, lr=1e-3, batch_size=128, target_clip=20.0,
-                         snis_n=2),
+                         snis_n=2, layers=5),
         }
         if key not in presets:
             raise ValueError(f"no published settings for {name!r}; known: {', '.join(presets)}")
@@ -143,7 +148,8 @@ class Sampler:
         if self.config.mode == "direct":
             energy, space, sde, cfg = self.scaled_energy, self.space, self.sde, self.config
             return lambda x, t: estimate_target(energy, x, sde.sigma(t), cfg.n_mc, space, clip=cfg.target_clip,
-                                                clip_per_particle=cfg.clip_per_particle, generator=generator).score
+                                                clip_per_particle=cfg.clip_per_particle, blend_length=cfg.blend_length,
+                                                generator=generator).score
         net = self.net
 
         def score(x, t):
@@ -178,9 +184,10 @@ class Sampler:
             out.append(x * self.config.scale)
         return torch.cat(out)
 
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, training: dict | None = None) -> None:
         """Write config, network, buffer, history and energy source to `path`, atomically
-        (a temporary file, then a rename); `iwsm_md.load(path)` reads it back."""
+        (a temporary file, then a rename); `iwsm_md.load(path)` reads it back. `training`: the
+        optimizer and random-number state of a run in progress (`fit` writes it in checkpoints)."""
         path = Path(path)
         state = {
             "format": "iwsm_md.sampler/1",
@@ -189,6 +196,7 @@ class Sampler:
             "buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "history": self.history,
             "source": self.source,
+            "training": training,
         }
         tmp = path.with_name(path.name + ".tmp")
         torch.save(state, tmp)
@@ -197,16 +205,37 @@ class Sampler:
 
 def build_net(space: Space, config: TrainConfig) -> torch.nn.Module:
     """The score network a config describes, for samples of `space`."""
-    net = MLPScore(space.dim, config.hidden, config.layers)
+    kind = config.net if config.net != "auto" else ("mlp" if space.n_particles == 1 else "egnn")
+    if kind == "mlp":
+        net = MLPScore(space.dim, config.hidden, config.layers)
+    elif kind == "egnn":
+        net = EGNNScore(space.n_particles, space.spatial_dim, config.hidden, config.layers)
+    else:
+        from iwsm_md.nets import E3NNScore
+
+        net = E3NNScore(space.n_particles, space.spatial_dim, layers=config.layers)
     return NoiseScaled(net, GeometricVESDE(config.sigma_min, config.sigma_max)) if config.noise_scaled else net
 
 
-def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None = None) -> Sampler:
+def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None = None, *,
+        source: dict | None = None, checkpoint: str | Path | None = None, checkpoint_every: int = 100,
+        resume: bool = False) -> Sampler:
     """Train a sampler of `exp(−energy)` with `config`; returns the `Sampler`.
 
-    `log` receives one dict per epoch: loss, weight ESS fraction, inner ESS, non-finite count,
-    buffer size, wall time.
+    Args:
+        log: receives one dict per epoch: loss, weight ESS fraction, inner ESS, non-finite
+            count, buffer size, wall time.
+        source: how to rebuild the energy on load (see `iwsm_md.api`), stored with the sampler.
+        checkpoint: file written every `checkpoint_every` gradient steps and at the end, atomically
+            (a temporary file, then a rename: a write cut short never replaces the last good one).
+            It is a sampler file (`iwsm_md.load` reads it) that also holds the optimizer, the
+            random-number state and the position in the run.
+        resume: continue from `checkpoint` if it exists (the config must match but for `epochs`
+            and `max_minutes`); a run resumed from a checkpoint repeats nothing and loses at most
+            `checkpoint_every` steps.
     """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
     torch.manual_seed(config.seed)
     g = torch.Generator(device=config.device)
     g.manual_seed(config.seed)
@@ -214,62 +243,117 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
     space = Space.of(energy)
     sde = GeometricVESDE(config.sigma_min, config.sigma_max)
     if config.mode == "direct":
-        return Sampler(energy, config, None)
+        return Sampler(energy, config, None, source=source)
     net = build_net(space, config).to(dev)
-    sampler = Sampler(energy, config, net)
+    sampler = Sampler(energy, config, net, source=source)
     target = sampler.scaled_energy
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     buffer = None
     if config.mode in ("iwsm", "idem"):
         buffer = ReplayBuffer(config.buffer_capacity, space.dim, device=dev)
-        buffer.add(sde.prior_sample(config.samples_per_epoch, space, device=dev, generator=g))
         sampler.buffer = buffer
     n_copies = config.snis_n if config.mode == "iwsm" else 1
     n_groups = config.batch_size // n_copies
-    started = time.perf_counter()
-    for epoch in range(config.epochs):
-        if buffer is not None and epoch > 0:
+    step, stats, elapsed = 0, _new_stats(), 0.0
+    if resume and checkpoint is not None and Path(checkpoint).exists():
+        step, stats, elapsed = _resume(sampler, optimizer, g, checkpoint)
+    elif buffer is not None:
+        buffer.add(sde.prior_sample(config.samples_per_epoch, space, device=dev, generator=g))
+    started = time.perf_counter() - elapsed
+    total = config.epochs * config.steps_per_epoch
+    while step < total:
+        epoch, within = divmod(step, config.steps_per_epoch)
+        if within == 0 and buffer is not None and epoch > 0:
             net.eval()
             x = sde.prior_sample(config.samples_per_epoch, space, device=dev, generator=g)
             buffer.add(reverse_sde(sampler.score_fn(), sde, space, x, config.sample_steps, generator=g))
         net.train()
-        stats = {"loss": 0.0, "weight_ess": 0.0, "inner_ess": 0.0, "n_nonfinite": 0}
-        for _ in range(config.steps_per_epoch):
-            x0 = buffer.sample(n_groups, g) if buffer is not None else \
-                sde.prior_sample(n_groups, space, device=dev, generator=g)
-            t = torch.rand(n_groups, device=dev, generator=g)
-            x0r, tr = x0.repeat_interleave(n_copies, 0), t.repeat_interleave(n_copies)
-            x_t = sde.perturb(x0r, tr, space, generator=g)
-            sigma = sde.sigma(tr)
-            est = estimate_target(target, x_t, sigma, config.n_mc, space, clip=config.target_clip,
-                                  clip_per_particle=config.clip_per_particle, generator=g)
-            if config.mode == "iwsm":
-                log_q = proposal_log_density(x_t, x0, sigma, space)
-                iw = snis_weights(est.log_p, log_q, n_copies if config.snis_normalise == "group" else None)
-                w, stats["weight_ess"] = iw.weights.float(), stats["weight_ess"] + iw.ess_fraction
-            else:
-                w = est.valid.float()
-            residual = net(x_t, tr) - est.score.float()
-            loss = (w * LOSS_WEIGHTS[config.loss_weight](sigma) * (residual * residual).sum(-1)).mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-            optimizer.step()
-            stats["loss"] += loss.item()
-            stats["inner_ess"] += est.inner_ess.mean().item()
-            stats["n_nonfinite"] += est.n_nonfinite
+        x0 = buffer.sample(n_groups, g) if buffer is not None else \
+            sde.prior_sample(n_groups, space, device=dev, generator=g)
+        t = torch.rand(n_groups, device=dev, generator=g)
+        x0r, tr = x0.repeat_interleave(n_copies, 0), t.repeat_interleave(n_copies)
+        x_t = sde.perturb(x0r, tr, space, generator=g)
+        sigma = sde.sigma(tr)
+        est = estimate_target(target, x_t, sigma, config.n_mc, space, clip=config.target_clip,
+                              clip_per_particle=config.clip_per_particle, blend_length=config.blend_length,
+                              generator=g)
+        if config.mode == "iwsm":
+            log_q = proposal_log_density(x_t, x0, sigma, space)
+            iw = snis_weights(est.log_p, log_q, n_copies if config.snis_normalise == "group" else None)
+            w = iw.weights.float()
+            stats["weight_ess"] += iw.ess_fraction
+        else:
+            w = est.valid.float()
+        residual = net(x_t, tr) - est.score.float()
+        lam = LOSS_WEIGHTS[config.loss_weight](sigma) + config.loss_floor
+        loss = (w * lam * (residual * residual).sum(-1)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        optimizer.step()
+        stats["loss"] += loss.item()
+        stats["inner_ess"] += est.inner_ess.mean().item()
+        stats["n_nonfinite"] += est.n_nonfinite
+        step += 1
         elapsed = time.perf_counter() - started
-        entry = {"epoch": epoch, "loss": stats["loss"] / config.steps_per_epoch,
-                 "weight_ess": stats["weight_ess"] / config.steps_per_epoch if config.mode == "iwsm" else math.nan,
-                 "inner_ess": stats["inner_ess"] / config.steps_per_epoch, "n_nonfinite": stats["n_nonfinite"],
-                 "buffer": len(buffer) if buffer is not None else 0, "seconds": elapsed}
-        sampler.history.append(entry)
-        if log is not None:
-            log(entry)
-        if config.max_minutes is not None and elapsed > 60 * config.max_minutes:
+        out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
+        if step % config.steps_per_epoch == 0 or out_of_time:
+            n = within + 1
+            entry = {"epoch": epoch, "loss": stats["loss"] / n,
+                     "weight_ess": stats["weight_ess"] / n if config.mode == "iwsm" else math.nan,
+                     "inner_ess": stats["inner_ess"] / n, "n_nonfinite": stats["n_nonfinite"],
+                     "buffer": len(buffer) if buffer is not None else 0, "seconds": elapsed}
+            sampler.history.append(entry)
+            stats = _new_stats()
+            if log is not None:
+                log(entry)
+        if checkpoint is not None and (step % checkpoint_every == 0 or step == total or out_of_time):
+            sampler.save(checkpoint, training={"step": step, "stats": stats, "seconds": elapsed,
+                                               "optimizer": optimizer.state_dict(), "generator": g.get_state(),
+                                               "torch_rng": torch.get_rng_state()})
+        if out_of_time:
             break
     net.eval()
     return sampler
+
+
+def _new_stats() -> dict:
+    return {"loss": 0.0, "weight_ess": 0.0, "inner_ess": 0.0, "n_nonfinite": 0}
+
+
+def _resume(sampler: Sampler, optimizer: torch.optim.Optimizer, g: torch.Generator, path) -> tuple[int, dict, float]:
+    """Load a training checkpoint into `sampler`, `optimizer` and `g`; returns (step, stats, seconds)."""
+    state = read_state(path)
+    if state.get("training") is None:
+        raise ValueError(f"{path} is a finished sampler, not a training checkpoint: nothing to resume")
+    saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "max_minutes")}
+    now = {k: v for k, v in dataclasses.asdict(sampler.config).items() if k not in ("epochs", "max_minutes")}
+    changed = sorted(k for k in now if saved.get(k) != now[k])
+    if changed:
+        raise ValueError(f"checkpoint {path} was written with another config (differs in {changed}); "
+                         "resume with the same settings or start a new run")
+    sampler.net.load_state_dict(state["net"])
+    if sampler.buffer is not None:
+        sampler.buffer.load_state_dict(state["buffer"])
+    sampler.history[:] = state["history"]
+    train = state["training"]
+    optimizer.load_state_dict(train["optimizer"])
+    g.set_state(train["generator"])
+    torch.set_rng_state(train["torch_rng"])
+    return int(train["step"]), dict(train["stats"]), float(train["seconds"])
+
+
+def read_state(path: str | Path) -> dict:
+    """The dict a sampler file or training checkpoint holds; ValueError naming the file if it
+    is unreadable or not an iwsm_md sampler."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
+        raise ValueError(f"cannot read sampler checkpoint {path}: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != "iwsm_md.sampler/1":
+        raise ValueError(f"{path} is not an iwsm_md sampler checkpoint")
+    return state
 
 
 def restore(state: dict, energy: Energy) -> Sampler:

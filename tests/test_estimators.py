@@ -30,6 +30,22 @@ def test_score_and_density_match_the_noised_gaussian():
     assert (est.inner_ess > 1).all() and (est.inner_ess <= 20000).all()
 
 
+@pytest.mark.parametrize("sigma", [1e-4, 0.3, 5.0])
+def test_blend_with_the_well_width_is_exact_for_a_gaussian_with_few_copies(sigma):
+    # a = S²/(S²+σ²) makes every copy's blended term equal the exact noised score: zero variance
+    g = torch.Generator().manual_seed(1)
+    energy, space = gaussian(3), Space(1, 3, False)
+    x = torch.randn(32, 3, generator=g, dtype=torch.float64) * 2
+    sig = torch.full((32,), sigma, dtype=torch.float64)
+    exact = -x / (S**2 + sigma**2)
+    est = estimate_target(energy, x, sig, 2, space, blend_length=S, generator=g)
+    assert torch.allclose(est.score, exact, rtol=1e-9, atol=1e-9)
+    # Eq. 7 alone with 2 copies is far off at large σ: the blend is what removes the variance
+    if sigma > S:
+        plain = estimate_target(energy, x, sig, 2, space, generator=g)
+        assert (plain.score - exact).norm(dim=-1).mean() > 0.5 * exact.norm(dim=-1).mean()
+
+
 def test_nonfinite_energies_are_masked_and_counted():
     def bad(x):
         e = (x * x).sum(-1) / 2

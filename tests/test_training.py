@@ -7,7 +7,7 @@ from iwsm_md import TrainConfig
 from iwsm_md.energies import from_function
 from iwsm_md.potentials import double_well, gmm, REDUCED_TEMPERATURE
 
-SMALL = dict(epochs=12, steps_per_epoch=25, batch_size=128, n_mc=32, samples_per_epoch=256, sample_steps=100,
+SMALL = dict(epochs=24, steps_per_epoch=25, blend_length=0.13, batch_size=128, n_mc=32, samples_per_epoch=256, sample_steps=100,
              sigma_min=1e-3, sigma_max=1.5, scale=10.0, lr=2e-3, target_clip=70.0, clip_per_particle=False,
              hidden=64, buffer_capacity=2048)
 
@@ -65,6 +65,24 @@ def test_save_load_roundtrip(tmp_path, trained, small_gmm):
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot read"):
         iwsm_md.load(tmp_path / "bad.pt")
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, small_gmm):
+    cfg = {**SMALL, "epochs": 4, "steps_per_epoch": 5, "samples_per_epoch": 64, "sample_steps": 10}
+    straight = iwsm_md.train(small_gmm, **cfg)
+    ckpt = tmp_path / "run.pt"
+    first = iwsm_md.train(small_gmm, checkpoint=ckpt, checkpoint_every=3, **{**cfg, "epochs": 2})
+    assert ckpt.exists() and len(first.history) == 2
+    assert iwsm_md.load(ckpt, energy=small_gmm).sample(8, steps=5).shape == (8, 2)  # a checkpoint is a sampler
+    resumed = iwsm_md.train(small_gmm, checkpoint=ckpt, resume=True, **cfg)
+    for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(straight.buffer.state_dict()["data"], resumed.buffer.state_dict()["data"])
+    assert [h["loss"] for h in straight.history] == [h["loss"] for h in resumed.history]
+    with pytest.raises(ValueError, match=r"another config \(differs in \['lr'\]\)"):
+        iwsm_md.train(small_gmm, checkpoint=ckpt, resume=True, **{**cfg, "lr": 1.0})
+    with pytest.raises(ValueError, match="checkpoint_every must be positive"):
+        iwsm_md.train(small_gmm, checkpoint=ckpt, checkpoint_every=0, **cfg)
 
 
 def test_openmm_system_front_door(tmp_path):

@@ -1,4 +1,5 @@
-"""MLP score net with sinusoidal time embeddings, for targets that are plain vectors (GMMs)."""
+"""MLP score net with sinusoidal embeddings of the time and of every input coordinate, for
+targets that are plain vectors (GMMs), as in the iDEM code's GMM network."""
 from __future__ import annotations
 
 import math
@@ -9,38 +10,50 @@ from torch import Tensor, nn
 from iwsm_md.sde import GeometricVESDE
 
 
-def sinusoidal_embedding(t: Tensor, width: int, max_period: float = 10000.0) -> Tensor:
-    """Transformer-style embedding `(batch, width)` of times `t` `(batch,)` in [0, 1]."""
+def sinusoidal_embedding(v: Tensor, width: int, scale: float = 1000.0, max_period: float = 10000.0) -> Tensor:
+    """Transformer-style embedding `(*v.shape, width)` of values `v`: sines and cosines of
+    `scale · v · f_k`, frequencies f_k from 1 down to 1/max_period."""
     half = width // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=t.dtype, device=t.device) / half)
-    angles = 1000.0 * t[:, None] * freqs[None]  # t in [0, 1] spread over the frequency range
-    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=v.dtype, device=v.device) / half)
+    angles = scale * v[..., None] * freqs
+    emb = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
     return nn.functional.pad(emb, (0, width - 2 * half))
 
 
 class MLPScore(nn.Module):
-    """`s_θ(x, t)`: an MLP on [x, embed(t)] with SiLU activations.
+    """`s_θ(x, t)`: residual GELU MLP on sinusoidal embeddings of t and of each coordinate of x.
+
+    Embedding every coordinate (with frequencies up to `input_scale` per unit) lets the net
+    resolve structure much finer than the sample range, such as GMM modes of std 0.026 in the
+    rescaled space: a plain MLP on raw coordinates, trained on exact scores, leaves GMM-40
+    samples between the modes.
 
     Args:
         dim: length of x.
         hidden: width of every hidden layer (published: 128).
-        layers: number of hidden layers (published: 3).
-        time_width: width of the sinusoidal time embedding.
+        layers: number of residual blocks (published: 3).
+        width: width of each sinusoidal embedding (one per coordinate, one for t).
+        input_scale: highest angular frequency of the coordinate embedding, in radians per unit
+            of x (iDEM: 25 for samples in [−1, 1]).
+        time_scale: highest angular frequency of the time embedding, in radians per unit of t.
     """
 
-    def __init__(self, dim: int, hidden: int = 128, layers: int = 3, time_width: int = 64):
+    def __init__(self, dim: int, hidden: int = 128, layers: int = 3, width: int = 128,
+                 input_scale: float = 25.0, time_scale: float = 1.0):
         super().__init__()
-        self.dim, self.time_width = dim, time_width
-        self.time = nn.Sequential(nn.Linear(time_width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        blocks: list[nn.Module] = [nn.Linear(dim + hidden, hidden), nn.SiLU()]
-        for _ in range(layers - 1):
-            blocks += [nn.Linear(hidden, hidden), nn.SiLU()]
-        blocks.append(nn.Linear(hidden, dim))
-        self.body = nn.Sequential(*blocks)
+        self.width, self.input_scale, self.time_scale = width, input_scale, time_scale
+        self.inp = nn.Linear(width * (dim + 1), hidden)
+        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(layers))
+        self.out = nn.Linear(hidden, dim)
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Scores `(batch, dim)` at positions `x` `(batch, dim)` and times `t` `(batch,)`."""
-        return self.body(torch.cat([x, self.time(sinusoidal_embedding(t, self.time_width))], dim=1))
+        emb = torch.cat([sinusoidal_embedding(x, self.width, self.input_scale).flatten(1),
+                         sinusoidal_embedding(t, self.width, self.time_scale)], dim=1)
+        h = nn.functional.gelu(self.inp(emb))
+        for block in self.blocks:
+            h = h + nn.functional.gelu(block(h))
+        return self.out(h)
 
 
 class NoiseScaled(nn.Module):

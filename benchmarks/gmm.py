@@ -9,6 +9,11 @@ the wall time and hardware, and the runs still owed; plus a PNG of samples per t
 
     python benchmarks/gmm.py --targets gmm40 --modes iwsm idem --seeds 0 1 2
     python benchmarks/gmm.py --table
+
+Other settings (what a cheaper or costlier one costs and gives) are runs with a tag, listed in
+their own table under each target:
+
+    python benchmarks/gmm.py --targets gmm40 --modes iwsm --seeds 0 --minutes 8 --tag k100 --set n_mc=100
 """
 from __future__ import annotations
 
@@ -29,6 +34,7 @@ from iwsm_md.potentials import builtin_energy
 
 RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "gmm"
+SETTINGS = RUNS / "settings"  # tagged runs of other settings
 TARGETS = ("gmm40", "gmm80", "gmm120")
 MODES = ("iwsm", "idem")
 SEEDS = (0, 1, 2)
@@ -74,7 +80,7 @@ def floor_row(target: str) -> dict:
     return row
 
 
-def run(target: str, mode: str, seed: int, minutes: float, overrides: dict) -> dict:
+def run(target: str, mode: str, seed: int, minutes: float, overrides: dict, tag: str | None = None) -> dict:
     config = TrainConfig.published(target, mode=mode, seed=seed, max_minutes=minutes)
     config = TrainConfig.with_overrides(config, {"blend_length": builtin_energy(target).std / config.scale, **overrides})
     t0 = time.perf_counter()
@@ -87,10 +93,15 @@ def run(target: str, mode: str, seed: int, minutes: float, overrides: dict) -> d
     record = {"target": target, "mode": mode, "seed": seed, "metrics": row, "train_seconds": train_s,
               "sample_seconds": sample_s, "eval_steps": EVAL_STEPS, "epochs": len(sampler.history),
               "final": sampler.history[-1], "config": {k: v for k, v in vars(config).items()},
-              "hardware": hardware(), "date": datetime.date.today().isoformat()}
-    RUNS.mkdir(parents=True, exist_ok=True)
-    (RUNS / f"{target}-{mode}-seed{seed}.json").write_text(json.dumps(record, indent=1))
-    np.save(RUNS / f"{target}-{mode}-seed{seed}-samples.npy", x[:2000].astype(np.float32))
+              "steps": sampler.history[-1]["step"],
+              "tag": tag, "overrides": overrides, "hardware": hardware(), "date": datetime.date.today().isoformat()}
+    if tag is None:
+        RUNS.mkdir(parents=True, exist_ok=True)
+        (RUNS / f"{target}-{mode}-seed{seed}.json").write_text(json.dumps(record, indent=1))
+        np.save(RUNS / f"{target}-{mode}-seed{seed}-samples.npy", x[:2000].astype(np.float32))
+    else:
+        SETTINGS.mkdir(parents=True, exist_ok=True)
+        (SETTINGS / f"{target}-{mode}-seed{seed}-{tag}.json").write_text(json.dumps(record, indent=1))
     return record
 
 
@@ -174,8 +185,26 @@ def table() -> None:
             png = plot(target, recs)
             if png:
                 lines += ["", f"![{target} samples]({png})"]
+        lines += settings_table(target, goal)
         lines.append("")
     (RESULTS / "gmm.md").write_text("\n".join(lines))
+
+
+def settings_table(target: str, goal: dict) -> list[str]:
+    """Rows of the tagged runs of `target`: the setting changed, its cost (seconds per gradient step,
+    steps and epochs in the budget) and what it gives."""
+    recs = [json.loads(p.read_text()) for p in sorted(SETTINGS.glob(f"{target}-*.json"))] if SETTINGS.exists() else []
+    if not recs:
+        return []
+    lines = ["", f"### {target.upper()}: other settings (one seed each, shorter budgets; ✓ as above)", "",
+             "| tag | mode | changed from the CPU profile | budget (min) | epochs | gradient steps | s / step "
+             "(incl. buffer refills) | W1 | W2 | E-TVD | S-TVD |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(recs, key=lambda r: (r["config"]["max_minutes"], r["tag"], r["mode"])):
+        changed = {k: v for k, v in r["overrides"].items() if CPU_PROFILE.get(k) != v} or "—"
+        cells = [fmt(r["metrics"][m]) + (" ✓" if r["metrics"][m] <= goal[m] else "") for m in METRICS]
+        lines.append(f"| {r['tag']} | {r['mode']} | {changed} | {r['config']['max_minutes']:g} | {r['epochs']} | "
+                     f"{r['steps']} | {r['train_seconds'] / r['steps']:.3f} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> None:
@@ -186,6 +215,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=25.0, help="training wall-time budget per run")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides on top of the CPU profile, e.g. n_mc=200")
+    parser.add_argument("--tag", help="label of a run of other settings (listed in its own table)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table from finished runs")
     args = parser.parse_args()
     if not args.table:
@@ -196,7 +226,7 @@ def main() -> None:
         for target in args.targets:
             for mode in args.modes:
                 for seed in args.seeds:
-                    rec = run(target, mode, seed, args.minutes, overrides)
+                    rec = run(target, mode, seed, args.minutes, overrides, args.tag)
                     print(target, mode, seed, rec["metrics"], f"{rec['train_seconds'] / 60:.1f} min", flush=True)
                     table()
     table()

@@ -223,8 +223,8 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
     """Train a sampler of `exp(−energy)` with `config`; returns the `Sampler`.
 
     Args:
-        log: receives one dict per epoch: loss, weight ESS fraction, inner ESS, non-finite
-            count, buffer size, wall time.
+        log: receives one dict per epoch: epoch, gradient steps so far, loss, weight ESS
+            fraction, inner ESS, non-finite count, buffer size, wall time (s).
         source: how to rebuild the energy on load (see `iwsm_md.api`), stored with the sampler.
         checkpoint: file written every `checkpoint_every` gradient steps and at the end, atomically
             (a temporary file, then a rename: a write cut short never replaces the last good one).
@@ -299,7 +299,7 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
         if step % config.steps_per_epoch == 0 or out_of_time:
             n = within + 1
-            entry = {"epoch": epoch, "loss": stats["loss"] / n,
+            entry = {"epoch": epoch, "step": step, "loss": stats["loss"] / n,
                      "weight_ess": stats["weight_ess"] / n if config.mode == "iwsm" else math.nan,
                      "inner_ess": stats["inner_ess"] / n, "n_nonfinite": stats["n_nonfinite"],
                      "buffer": len(buffer) if buffer is not None else 0, "seconds": elapsed}

@@ -80,7 +80,8 @@ def floor_row(target: str) -> dict:
     return row
 
 
-def run(target: str, mode: str, seed: int, minutes: float, overrides: dict, tag: str | None = None) -> dict:
+def run(target: str, mode: str, seed: int, minutes: float, overrides: dict, tag: str | None = None,
+        conditions: str | None = None) -> dict:
     config = TrainConfig.published(target, mode=mode, seed=seed, max_minutes=minutes)
     config = TrainConfig.with_overrides(config, {"blend_length": builtin_energy(target).std / config.scale, **overrides})
     t0 = time.perf_counter()
@@ -94,7 +95,7 @@ def run(target: str, mode: str, seed: int, minutes: float, overrides: dict, tag:
               "sample_seconds": sample_s, "eval_steps": EVAL_STEPS, "epochs": len(sampler.history),
               "final": sampler.history[-1], "config": {k: v for k, v in vars(config).items()},
               "steps": sampler.history[-1]["step"],
-              "tag": tag, "overrides": overrides, "hardware": hardware(), "date": datetime.date.today().isoformat()}
+              "tag": tag, "overrides": overrides, "conditions": conditions, "hardware": hardware(), "date": datetime.date.today().isoformat()}
     if tag is None:
         RUNS.mkdir(parents=True, exist_ok=True)
         (RUNS / f"{target}-{mode}-seed{seed}.json").write_text(json.dumps(record, indent=1))
@@ -182,6 +183,7 @@ def table() -> None:
                       + f"; epochs run: {', '.join(str(r['epochs']) for r in recs)}; "
                       f"evaluated samples drawn with {recs[0].get('eval_steps', EVAL_STEPS)} reverse-SDE steps.",
                       f"Hardware: {recs[0]['hardware']}."]
+            lines += [f"Conditions of {r['mode']} seed {r['seed']}: {r['conditions']}." for r in recs if r.get("conditions")]
             png = plot(target, recs)
             if png:
                 lines += ["", f"![{target} samples]({png})"]
@@ -216,6 +218,7 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides on top of the CPU profile, e.g. n_mc=200")
     parser.add_argument("--tag", help="label of a run of other settings (listed in its own table)")
+    parser.add_argument("--conditions", help="what else ran on the machine, if anything (shown in the table)")
     parser.add_argument("--table", action="store_true", help="only rebuild the table from finished runs")
     args = parser.parse_args()
     if not args.table:
@@ -226,7 +229,7 @@ def main() -> None:
         for target in args.targets:
             for mode in args.modes:
                 for seed in args.seeds:
-                    rec = run(target, mode, seed, args.minutes, overrides, args.tag)
+                    rec = run(target, mode, seed, args.minutes, overrides, args.tag, args.conditions)
                     print(target, mode, seed, rec["metrics"], f"{rec['train_seconds'] / 60:.1f} min", flush=True)
                     table()
     table()

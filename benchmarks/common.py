@@ -1,0 +1,188 @@
+"""What the benchmark scripts share (gmm.py, particles.py): the hardware line, the number format,
+the per-run JSON record and where it goes, the pieces of a results table (mode rows with ✓,
+unmet cells, owed runs, the settings notes, the tagged "other settings" table) and the command
+line. Not a library: the scripts import it from their own folder (`python3 benchmarks/gmm.py`).
+
+A run's metric value is a number (GMM: one 10k-vs-10k evaluation) or a `[mean, std]` pair
+(particles: the mean ± std over the draws of `iwsm_md.metrics.repeated`); `score` and `cell`
+read both.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+
+def hardware() -> str:
+    cpu = platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch thread(s) per run), {gpu}"
+
+
+def fmt(mean: float, std: float | None = None, digits: int = 3) -> str:
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def score(value: Any) -> float:
+    """The number a target is checked against: the value itself, or the mean of a `[mean, std]`."""
+    return float(value[0]) if isinstance(value, (list, tuple)) else float(value)
+
+
+def cell(value: Any) -> str:
+    """`fmt` of a number, or of a `[mean, std]` pair as "mean ± std"."""
+    return fmt(*value) if isinstance(value, (list, tuple)) else fmt(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# per-run records
+
+
+def make_record(key: str, name: str, mode: str, seed: int, row: dict, sampler, config, train_s: float,
+                sample_s: float, eval_steps: int, tag: str | None, overrides: dict, conditions: str | None,
+                **extra: Any) -> dict:
+    """The JSON record of one run: `key` names the system field ("target" for GMM, "system" for
+    particles), `row` its metrics; `extra` fields (e.g. the reference set) go at the end."""
+    return {key: name, "mode": mode, "seed": seed, "metrics": row, "train_seconds": train_s,
+            "sample_seconds": sample_s, "eval_steps": eval_steps, "epochs": len(sampler.history),
+            "final": sampler.history[-1], "config": {k: v for k, v in vars(config).items()},
+            "steps": sampler.history[-1]["step"],
+            "tag": tag, "overrides": overrides, "conditions": conditions, "hardware": hardware(),
+            "date": datetime.date.today().isoformat(), **extra}
+
+
+def save_record(record: dict, runs: Path, settings: Path, stem: str, samples: np.ndarray | None = None) -> Path:
+    """Write `record` as `runs/<stem>.json` (and `samples` as `runs/<stem>-samples.npy`), or, for a
+    tagged run of other settings, as `settings/<stem>-<tag>.json` (no samples). Returns the JSON path."""
+    tag = record.get("tag")
+    if tag is None:
+        runs.mkdir(parents=True, exist_ok=True)
+        path = runs / f"{stem}.json"
+        path.write_text(json.dumps(record, indent=1))
+        if samples is not None:
+            np.save(runs / f"{stem}-samples.npy", samples)
+    else:
+        settings.mkdir(parents=True, exist_ok=True)
+        path = settings / f"{stem}-{tag}.json"
+        path.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def load_records(folder: Path, pattern: str) -> list[dict]:
+    """The records `folder/pattern` (a glob), in file-name order; none if the folder is missing."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(pattern))] if folder.exists() else []
+
+
+# ---------------------------------------------------------------------------------------------
+# table pieces
+
+
+def table_header(metrics: Sequence[str]) -> list[str]:
+    return ["| row | seeds | " + " | ".join(metrics) + " | train time (min) |", "|---" * (len(metrics) + 3) + "|"]
+
+
+def fixed_row(label: str, cells: Iterable[str]) -> str:
+    """A row without seeds or train time (floor, paper, target)."""
+    return f"| {label} | – | " + " | ".join(cells) + " | – |"
+
+
+def mode_rows(recs: list[dict], modes: Sequence[str], metrics: Sequence[str], goal: dict) -> list[str]:
+    """One row per mode with runs: mean (± std over seeds, ddof 1, with two or more) of each metric,
+    ✓ where the mean is at or below `goal`, and the mean training time."""
+    lines = []
+    for mode in modes:
+        rs = [r for r in recs if r["mode"] == mode]
+        if not rs:
+            continue
+        cells = []
+        for m in metrics:
+            vals = [score(r["metrics"][m]) for r in rs]
+            mean, std = float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+            cells.append(fmt(mean, std) + (" ✓" if mean <= goal[m] else ""))
+        minutes = np.mean([r["train_seconds"] for r in rs]) / 60
+        lines.append(f"| {mode} | {', '.join(str(r['seed']) for r in rs)} | " + " | ".join(cells)
+                     + f" | {minutes:.1f} |")
+    return lines
+
+
+def unmet_and_owed(recs: list[dict], modes: Sequence[str], seeds: Sequence[int], metrics: Sequence[str],
+                   goal: dict | None) -> list[str]:
+    """The "Targets not reached" and "Runs owed" lines (no targets without `goal` or runs)."""
+    if goal is None or not recs:
+        lines = ["Targets not reached: – (no " + ("runs" if goal is not None else "targets") + " yet)."]
+    else:
+        unmet = [f"{mode} {m}" for mode in modes for m in metrics
+                 if any(r["mode"] == mode for r in recs)
+                 and np.mean([score(r["metrics"][m]) for r in recs if r["mode"] == mode]) > goal[m]]
+        lines = ["Targets not reached: " + (", ".join(unmet) if unmet else "none") + "."]
+    owed = [f"{mode} seed {s}" for mode in modes for s in seeds
+            if not any(r["mode"] == mode and r["seed"] == s for r in recs)]
+    return lines + ["Runs owed: " + (", ".join(owed) if owed else "none") + "."]
+
+
+def notes(recs: list[dict], keys: Sequence[str], sampling: str) -> list[str]:
+    """The settings (of the first run), epochs, `sampling` (how the evaluated samples were drawn),
+    hardware and each run's conditions."""
+    cfg = recs[0]["config"]
+    lines = ["", "Settings: " + ", ".join(f"{k}={cfg[k]}" for k in keys)
+             + f"; epochs run: {', '.join(str(r['epochs']) for r in recs)}; " + sampling + ".",
+             f"Hardware: {recs[0]['hardware']}."]
+    return lines + [f"Conditions of {r['mode']} seed {r['seed']}: {r['conditions']}." for r in recs if r.get("conditions")]
+
+
+def settings_table(title: str, recs: list[dict], goal: dict, metrics: Sequence[str], profile: dict) -> list[str]:
+    """Rows of the tagged runs `recs` of one system: the setting changed from `profile`, its cost
+    (seconds per gradient step, steps and epochs in the budget) and what it gives."""
+    if not recs:
+        return []
+    lines = ["", f"### {title}: other settings (one seed each, shorter budgets; ✓ as above)", "",
+             "| tag | mode | changed from the CPU profile | budget (min) | epochs | gradient steps | s / step "
+             "(incl. buffer refills) | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 7) + "|"]
+    for r in sorted(recs, key=lambda r: (r["config"]["max_minutes"], r["tag"], r["mode"])):
+        changed = {k: v for k, v in r["overrides"].items() if profile.get(k) != v} or "—"
+        cells = [cell(r["metrics"][m]) + (" ✓" if score(r["metrics"][m]) <= goal[m] else "") for m in metrics]
+        lines.append(f"| {r['tag']} | {r['mode']} | {changed} | {r['config']['max_minutes']:g} | {r['epochs']} | "
+                     f"{r['steps']} | {r['train_seconds'] / r['steps']:.3f} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def parser(doc: str, names_flag: str, names: Sequence[str], modes: Sequence[str], seeds: Sequence[int]
+           ) -> argparse.ArgumentParser:
+    """The options every benchmark script takes; `names_flag` ("--targets", "--systems") picks the
+    systems. Scripts add their own after these."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(names_flag, nargs="*", default=list(names))
+    p.add_argument("--modes", nargs="*", default=list(modes))
+    p.add_argument("--seeds", nargs="*", type=int, default=list(seeds))
+    p.add_argument("--minutes", type=float, default=25.0, help="training wall-time budget per run")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides on top of the CPU profile, e.g. n_mc=200")
+    p.add_argument("--tag", help="label of a run of other settings (listed in its own table)")
+    p.add_argument("--conditions", help="what else ran on the machine, if anything (shown in the table)")
+    p.add_argument("--table", action="store_true", help="only rebuild the table from finished runs")
+    return p
+
+
+def with_set(profile: dict, items: Sequence[str]) -> dict:
+    """`profile` with the `--set KEY=JSON` items applied."""
+    overrides = dict(profile)
+    for item in items:
+        key, value = item.split("=", 1)
+        overrides[key] = json.loads(value)
+    return overrides

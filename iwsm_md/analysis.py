@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from iwsm_md.metrics import _bin_index, _ceil_root, _to_numpy, histogram_tvd, pair_distances
 
@@ -40,6 +41,7 @@ __all__ = [
     "plot_energy",
     "plot_pair_distances",
     "plot_rdf",
+    "plot_history",
 ]
 
 
@@ -215,3 +217,24 @@ def plot_rdf(samples: Any, n_particles: int, spatial_dim: int, r_max: float, n_b
     ax.set_ylabel(f"g(r) per pair ({unit}$^{{-{spatial_dim}}}$)")
     ax.legend(fontsize="small")
     return ax.figure
+
+
+def plot_history(history: list[dict], mode: str) -> Figure:
+    """Training curves: loss, weight ESS and inner ESS against epoch, from `Sampler.history`
+    (one dict per epoch); `mode` labels a run without importance weights."""
+    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    epochs = [h["epoch"] for h in history]
+    for ax, key, title in zip(axes, ("loss", "weight_ess", "inner_ess"),
+                              ("loss", "weight ESS (fraction)", "inner ESS of the K copies")):
+        values = [h.get(key, math.nan) for h in history]
+        ax.plot(epochs, values, marker="." if len(epochs) < 50 else None)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title)
+        if key == "loss" and all(v > 0 for v in values if math.isfinite(v)) and any(map(math.isfinite, values)):
+            ax.set_yscale("log")
+        if key == "weight_ess" and not any(map(math.isfinite, values)):
+            ax.text(0.5, 0.5, f"no importance weights\nin mode {mode!r}", ha="center", va="center",
+                    transform=ax.transAxes)
+    return fig

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 from iwsm_md.energies.base import Energy
-from iwsm_md.training import Sampler, TrainConfig, fit, read_state, restore
+from iwsm_md.training import Sampler, TrainConfig, device_problem, fit, read_state, restore
 
 
 def _resolve(system, temperature, spatial_dim) -> tuple[Energy, dict | None, str | None]:
@@ -18,6 +18,9 @@ def _resolve(system, temperature, spatial_dim) -> tuple[Energy, dict | None, str
     from iwsm_md.potentials.builtin import builtin_energy
 
     if isinstance(system, str):
+        if temperature is not None:
+            raise ValueError(f"temperature does not apply to the built-in system {system!r} (reduced units, kT = 1): "
+                             "drop it")
         return builtin_energy(system), {"kind": "builtin", "name": system}, system
     if isinstance(system, openmm.System):
         energy = from_openmm(system, temperature, spatial_dim)
@@ -31,6 +34,9 @@ def _resolve(system, temperature, spatial_dim) -> tuple[Energy, dict | None, str
             source = None
         return energy, source, None
     if isinstance(system, Energy):
+        if temperature is not None:
+            raise ValueError("temperature does not apply to an Energy, which is already in units of kT: drop it "
+                             "(or divide your energy by kT)")
         return system, None, None
     raise TypeError(f"system must be a built-in name, an openmm.System, an ase.Atoms or an iwsm_md Energy, "
                     f"got {type(system).__name__}")
@@ -55,10 +61,17 @@ def train(system, *, temperature=None, spatial_dim: int = 3, config: TrainConfig
     Returns a `Sampler`; `sampler.sample(n)` gives `(n, dim)` configurations in the system's
     coordinates (nm for OpenMM, Å for ASE).
     """
+    if config is not None and not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be an iwsm_md.TrainConfig, got {type(config).__name__}: pass "
+                        "TrainConfig(**settings), or the settings themselves as keywords of train()")
     energy, source, name = _resolve(system, temperature, spatial_dim)
     base = config or (TrainConfig.published(name) if name is not None else TrainConfig())
-    return fit(energy.to(base.device), TrainConfig.with_overrides(base, overrides), log=log, source=source,
-               checkpoint=checkpoint, checkpoint_every=checkpoint_every, resume=resume)
+    config = TrainConfig.with_overrides(base, overrides)
+    problem = device_problem(config.device)
+    if problem is not None:
+        raise ValueError(problem)
+    return fit(energy.to(config.device), config, log=log, source=source, checkpoint=checkpoint,
+               checkpoint_every=checkpoint_every, resume=resume)
 
 
 def load(path: str | Path, energy: Energy | None = None) -> Sampler:
@@ -69,6 +82,9 @@ def load(path: str | Path, energy: Energy | None = None) -> Sampler:
     from iwsm_md.energies import from_ase, from_openmm
     from iwsm_md.potentials.builtin import builtin_energy
 
+    if energy is not None and not isinstance(energy, Energy):
+        raise TypeError(f"energy must be an iwsm_md Energy, got {type(energy).__name__}: build one with "
+                        "from_openmm, from_ase, from_function or iwsm_md.potentials")
     path = Path(path)
     state = read_state(path)
     source = state["source"]

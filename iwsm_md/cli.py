@@ -473,29 +473,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _plot_history(history: list[dict], mode: str):
-    """Loss, weight ESS and inner ESS against epoch (a matplotlib Figure)."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(11, 3.2), layout="constrained")
-    axes = fig.subplots(1, 3)
-    epochs = [h["epoch"] for h in history]
-    for ax, key, title in zip(axes, ("loss", "weight_ess", "inner_ess"),
-                              ("loss", "weight ESS (fraction)", "inner ESS of the K copies")):
-        values = [h.get(key, math.nan) for h in history]
-        ax.plot(epochs, values, marker="." if len(epochs) < 50 else None)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_title(title)
-        if key == "loss" and all(v > 0 for v in values if math.isfinite(v)) and any(map(math.isfinite, values)):
-            ax.set_yscale("log")
-        if key == "weight_ess" and not any(map(math.isfinite, values)):
-            ax.text(0.5, 0.5, f"no importance weights\nin mode {mode!r}", ha="center", va="center",
-                    transform=ax.transAxes)
-    return fig
-
-
 def _plot_scatter(x, ref):
     from matplotlib.figure import Figure
 
@@ -514,6 +491,7 @@ def _plot_scatter(x, ref):
 
 def cmd_train(args) -> int:
     import iwsm_md
+    from iwsm_md import analysis
     from iwsm_md.training import read_state
 
     spec = system_spec(args)
@@ -526,7 +504,8 @@ def cmd_train(args) -> int:
         if not checkpoint.is_file():
             raise CLIError(f"--resume: no checkpoint {checkpoint} to continue from; run without --resume to start")
         state = read_state(checkpoint)
-        base, done = TrainConfig(**state["config"]), len(state["history"])
+        base = TrainConfig.from_dict(state["config"], f"checkpoint {checkpoint}")
+        done = sum(not h.get("partial") for h in state["history"])
     else:
         if not args.force and not args.dry_run and (checkpoint.exists() or final.exists()):
             raise CLIError(f"{out} already holds a run: add --resume to continue it, --force to start over, "
@@ -541,16 +520,17 @@ def cmd_train(args) -> int:
     system = build_system(spec)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.toml").write_text(config_toml(config, header))
-    bar = None
-    if args.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=config.epochs, initial=min(done, config.epochs), desc="train", unit="epoch",
-                   dynamic_ncols=True, file=sys.stderr)
+    bar = None  # opened at the first epoch's end: an error while the system is built stays one line
 
     def log(entry: dict) -> None:
-        if bar is None:
+        nonlocal bar
+        if not args.progress:
             return
+        if bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(total=config.epochs, initial=min(done, config.epochs), desc="train", unit="epoch",
+                       dynamic_ncols=True, file=sys.stderr)
         post = {"loss": f"{entry['loss']:.4g}", "inner_ess": f"{entry['inner_ess']:.3g}"}
         if math.isfinite(entry.get("weight_ess", math.nan)):
             post["weight_ess"] = f"{entry['weight_ess']:.3f}"
@@ -568,7 +548,7 @@ def cmd_train(args) -> int:
     _write_json(out / "history.json", sampler.history)
     written = [final, out / "config.toml", out / "history.json"]
     if sampler.history:
-        written.append(_save(_plot_history(sampler.history, config.mode), out / "training.png"))
+        written.append(_save(analysis.plot_history(sampler.history, config.mode), out / "training.png"))
     last = sampler.history[-1] if sampler.history else {}
     summary = (f"{len(sampler.history)} epochs, final loss {last['loss']:.4g}, "
                f"{last['seconds']:.1f} s of training") if last else "no training epochs (mode 'direct')"

@@ -14,13 +14,18 @@ prior with the current network; then `steps_per_epoch` gradient steps minimise
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import pickle
+import numbers
+import os
 import time
+import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -72,6 +77,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop after this much training wall time
 
     def __post_init__(self):
+        self._check_types()
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.loss_weight not in LOSS_WEIGHTS:
@@ -83,9 +89,54 @@ class TrainConfig:
         if self.mode == "iwsm" and self.batch_size < self.snis_n:
             raise ValueError(f"batch_size {self.batch_size} is smaller than snis_n {self.snis_n}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "n_mc", "snis_n", "buffer_capacity",
-                     "samples_per_epoch", "sample_steps"):
+                     "samples_per_epoch", "sample_steps", "hidden", "layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not (0 < self.sigma_min < self.sigma_max < math.inf):
+            raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={self.sigma_min}, "
+                             f"sigma_max={self.sigma_max}")
+        for name in ("scale", "lr", "blend_length"):  # positive and finite (None: unset)
+            value = getattr(self, name)
+            if value is not None and not (0 < value < math.inf):
+                raise ValueError(f"{name} must be positive and finite, got {value}")
+        for name in ("grad_clip", "target_clip", "max_minutes"):  # positive; inf: no limit
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"{name} must be positive (inf or none: no limit), got {value}")
+        if not (0 <= self.loss_floor < math.inf):
+            raise ValueError(f"loss_floor must be finite and >= 0, got {self.loss_floor}")
+        try:
+            self.device = str(torch.device(self.device))
+        except (RuntimeError, TypeError, ValueError) as err:
+            raise ValueError(f"device must name a torch device such as 'cpu', 'cuda' or 'cuda:1', got "
+                             f"{self.device!r} ({err})") from None
+
+    def _check_types(self) -> None:
+        """TypeError naming the field and the type it needs, for a value of another type; ints
+        are accepted (and stored as floats) for float fields, numpy scalars for numbers."""
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), _field_types()[f.name]
+            args = [a for a in (typing.get_args(hint) or (hint,)) if a is not type(None)]
+            if value is None and len(args) < len(typing.get_args(hint)):
+                continue
+            for kind in args:
+                if kind is bool and isinstance(value, (bool, np.bool_)):
+                    setattr(self, f.name, bool(value))
+                    break
+                if kind is int and isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)):
+                    setattr(self, f.name, int(value))
+                    break
+                if kind is float and isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+                    setattr(self, f.name, float(value))
+                    break
+                if kind is str and (isinstance(value, str) or (f.name == "device" and isinstance(value, torch.device))):
+                    break
+            else:
+                names = {bool: "a bool", int: "an integer", float: "a number", str: "a string"}
+                wanted = " or ".join(names.get(a, a.__name__) for a in args)
+                optional = " or None" if len(args) < len(typing.get_args(hint)) else ""
+                raise TypeError(f"TrainConfig.{f.name} must be {wanted}{optional}, got {value!r} "
+                                f"({type(value).__name__})")
 
     @classmethod
     def published(cls, name: str, **overrides) -> "TrainConfig":
@@ -107,6 +158,17 @@ class TrainConfig:
         return cls(**{**presets[key], **overrides})
 
     @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "the saved config") -> "TrainConfig":
+        """A config from a dict such as `dataclasses.asdict(config)` (a checkpoint's); ValueError
+        naming `source` and the keys this version does not know."""
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - valid)
+        if unknown:
+            raise ValueError(f"{source} has config keys {unknown} that this version of iwsm_md does not know: "
+                             "it was written by another version; use that version or start a new run")
+        return cls(**values)
+
+    @classmethod
     def with_overrides(cls, base: "TrainConfig", overrides: dict[str, Any]) -> "TrainConfig":
         """`base` with `overrides` applied; unknown keys raise TypeError naming the valid ones."""
         valid = {f.name for f in dataclasses.fields(cls)}
@@ -114,6 +176,36 @@ class TrainConfig:
         if unknown:
             raise TypeError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(valid)}")
         return dataclasses.replace(base, **overrides)
+
+
+@functools.cache
+def _field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def device_problem(device: str) -> str | None:
+    """Why `device` cannot be used on this machine (a sentence naming the fix), or None."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        return f"{device!r} is not a torch device ({err}): use 'cpu' or 'cuda'"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (check the driver and CUDA_VISIBLE_DEVICES)")
+            return (f"device {device!r} was requested but CUDA is not available ({why}, torch {torch.__version__}): "
+                    "use device='cpu', or install a CUDA build of torch on a machine with a GPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return (f"device {device!r} was requested but only {torch.cuda.device_count()} CUDA device(s) are "
+                    f"visible: use an index below {torch.cuda.device_count()}")
+        return None
+    if dev.type == "cpu":
+        return None
+    try:
+        torch.empty(1, device=dev)
+    except Exception as err:  # torch raises RuntimeError or AssertionError for absent backends
+        return f"device {device!r} is not usable here ({type(err).__name__}: {err}): use device='cpu'"
+    return None
 
 
 @dataclass
@@ -160,7 +252,8 @@ class Sampler:
 
     def sample(self, n: int, steps: int | None = None, method: str = "sde", seed: int | None = None,
                batch: int = 10_000) -> Tensor:
-        """`(n, dim)` samples in the energy's coordinates (float32).
+        """`(n, dim)` samples in the energy's coordinates (float32). Non-finite rows (a diverged
+        integration) are kept, counted and warned about, never dropped silently.
 
         Args:
             steps: integration steps (default: the config's `sample_steps`).
@@ -170,7 +263,12 @@ class Sampler:
         """
         if method not in ("sde", "ode"):
             raise ValueError(f"method must be 'sde' or 'ode', got {method!r}")
-        steps = steps or self.config.sample_steps
+        steps = self.config.sample_steps if steps is None else steps
+        for name, value, least in (("n", n, 0), ("steps", steps, 1), ("batch", batch, 1)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        if n == 0:
+            return torch.empty(0, self.space.dim, device=self.config.device)
         g = torch.Generator(device=self.config.device)
         g.manual_seed(self.config.seed + 1 if seed is None else seed)
         out = []
@@ -182,7 +280,13 @@ class Sampler:
             else:
                 x = probability_flow(self.score_fn(g), self.sde, self.space, x, steps)
             out.append(x * self.config.scale)
-        return torch.cat(out)
+        x = torch.cat(out)
+        bad = int((~torch.isfinite(x).all(dim=1)).sum())
+        if bad:
+            warnings.warn(f"{bad} of {n} samples are non-finite (the score diverged along the reverse SDE): they "
+                          "are returned as they are; drop them with x[torch.isfinite(x).all(1)], and train longer "
+                          "or integrate with more steps", RuntimeWarning, stacklevel=2)
+        return x
 
     def save(self, path: str | Path, training: dict | None = None) -> None:
         """Write config, network, buffer, history and energy source to `path`, atomically
@@ -196,11 +300,54 @@ class Sampler:
             "buffer": self.buffer.state_dict() if self.buffer is not None else None,
             "history": self.history,
             "source": self.source,
+            "energy": energy_spec(self.energy),
             "training": training,
         }
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())  # the bytes are on disk before the rename makes them the checkpoint
         tmp.replace(path)
+
+
+def energy_spec(energy: Energy) -> dict:
+    """What a saved sampler records of its energy, to refuse loading it with another one."""
+    return {"n_particles": energy.n_particles, "spatial_dim": energy.spatial_dim,
+            "translation_invariant": bool(energy.translation_invariant), "length_unit": energy.length_unit}
+
+
+def check_compatible(state: dict, energy: Energy, what: str = "the sampler file") -> None:
+    """ValueError naming both shapes when `energy` is not the kind of energy `state` was trained on:
+    another number of particles, spatial dimension, translation invariance or length unit."""
+    saved, now = state.get("energy"), energy_spec(energy)
+    if saved is None:  # files written before the energy was recorded: the buffer knows the dim
+        buffer = state.get("buffer")
+        if buffer is None:
+            return
+        dim = int(buffer["data"].shape[1])
+        if dim != energy.dim:
+            raise ValueError(f"dimension mismatch: {what} was trained on an energy of dim {dim}, but the energy given "
+                             f"has {energy.n_particles} particle(s) x {energy.spatial_dim} dims (dim {energy.dim}): "
+                             "pass the energy it was trained on")
+        return
+
+    def shape(spec):
+        return (f"{spec['n_particles']} particle(s) x {spec['spatial_dim']} dims "
+                f"(dim {spec['n_particles'] * spec['spatial_dim']})")
+
+    if (saved["n_particles"], saved["spatial_dim"]) != (now["n_particles"], now["spatial_dim"]):
+        raise ValueError(f"dimension mismatch: {what} was trained on an energy of {shape(saved)}, but the energy given "
+                         f"has {shape(now)}: pass the energy it was trained on")
+    # what matters is the sample space: centre-of-mass free for invariant energies of > 1 particle
+    saved_free, now_free = (s["translation_invariant"] and s["n_particles"] > 1 for s in (saved, now))
+    if saved_free != now_free:
+        raise ValueError(f"{what} was trained on a {'' if saved_free else 'non-'}translation-invariant energy, the "
+                         f"energy given is {'' if now_free else 'not '}translation invariant: pass the energy it was "
+                         "trained on")
+    if None not in (saved["length_unit"], now["length_unit"]) and saved["length_unit"] != now["length_unit"]:
+        raise ValueError(f"{what} was trained on an energy in {saved['length_unit']}, the energy given is in "
+                         f"{now['length_unit']}: pass the energy it was trained on")
 
 
 def build_net(space: Space, config: TrainConfig) -> torch.nn.Module:
@@ -224,7 +371,9 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
 
     Args:
         log: receives one dict per epoch: epoch, gradient steps so far, loss, weight ESS
-            fraction, inner ESS, non-finite count, buffer size, wall time (s).
+            fraction, inner ESS, count of masked non-finite energies (`n_nonfinite`), count of
+            steps skipped for a non-finite gradient (`n_skipped`), buffer size, wall time (s);
+            an epoch cut short by `max_minutes` is logged with `partial: True`.
         source: how to rebuild the energy on load (see `iwsm_md.api`), stored with the sampler.
         checkpoint: file written every `checkpoint_every` gradient steps and at the end, atomically
             (a temporary file, then a rename: a write cut short never replaces the last good one).
@@ -236,6 +385,12 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
     """
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be positive, got {checkpoint_every}")
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be an iwsm_md.TrainConfig, got {type(config).__name__}: build one with "
+                        "TrainConfig(...) or TrainConfig.published(name)")
+    problem = device_problem(config.device)
+    if problem is not None:
+        raise ValueError(problem)
     torch.manual_seed(config.seed)
     g = torch.Generator(device=config.device)
     g.manual_seed(config.seed)
@@ -289,8 +444,11 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         loss = (w * lam * (residual * residual).sum(-1)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
-        optimizer.step()
+        grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
+        if torch.isfinite(grad_norm):
+            optimizer.step()
+        else:  # one non-finite gradient would poison the parameters and Adam's moments for good
+            stats["n_skipped"] += 1
         stats["loss"] += loss.item()
         stats["inner_ess"] += est.inner_ess.mean().item()
         stats["n_nonfinite"] += est.n_nonfinite
@@ -302,9 +460,13 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
             entry = {"epoch": epoch, "step": step, "loss": stats["loss"] / n,
                      "weight_ess": stats["weight_ess"] / n if config.mode == "iwsm" else math.nan,
                      "inner_ess": stats["inner_ess"] / n, "n_nonfinite": stats["n_nonfinite"],
+                     "n_skipped": stats["n_skipped"],
                      "buffer": len(buffer) if buffer is not None else 0, "seconds": elapsed}
+            if step % config.steps_per_epoch:  # cut short by max_minutes: a resumed run completes it
+                entry["partial"] = True
+            else:
+                stats = _new_stats()
             sampler.history.append(entry)
-            stats = _new_stats()
             if log is not None:
                 log(entry)
         if checkpoint is not None and (step % checkpoint_every == 0 or step == total or out_of_time):
@@ -318,7 +480,7 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
 
 
 def _new_stats() -> dict:
-    return {"loss": 0.0, "weight_ess": 0.0, "inner_ess": 0.0, "n_nonfinite": 0}
+    return {"loss": 0.0, "weight_ess": 0.0, "inner_ess": 0.0, "n_nonfinite": 0, "n_skipped": 0}
 
 
 def _resume(sampler: Sampler, optimizer: torch.optim.Optimizer, g: torch.Generator, path) -> tuple[int, dict, float]:
@@ -326,6 +488,7 @@ def _resume(sampler: Sampler, optimizer: torch.optim.Optimizer, g: torch.Generat
     state = read_state(path)
     if state.get("training") is None:
         raise ValueError(f"{path} is a finished sampler, not a training checkpoint: nothing to resume")
+    check_compatible(state, sampler.energy, f"checkpoint {path}")
     saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "max_minutes")}
     now = {k: v for k, v in dataclasses.asdict(sampler.config).items() if k not in ("epochs", "max_minutes")}
     changed = sorted(k for k in now if saved.get(k) != now[k])
@@ -335,35 +498,59 @@ def _resume(sampler: Sampler, optimizer: torch.optim.Optimizer, g: torch.Generat
     sampler.net.load_state_dict(state["net"])
     if sampler.buffer is not None:
         sampler.buffer.load_state_dict(state["buffer"])
-    sampler.history[:] = state["history"]
+    sampler.history[:] = [h for h in state["history"] if not h.get("partial")]  # the epoch goes on
     train = state["training"]
     optimizer.load_state_dict(train["optimizer"])
     g.set_state(train["generator"])
     torch.set_rng_state(train["torch_rng"])
-    return int(train["step"]), dict(train["stats"]), float(train["seconds"])
+    return int(train["step"]), {**_new_stats(), **train["stats"]}, float(train["seconds"])
 
 
 def read_state(path: str | Path) -> dict:
     """The dict a sampler file or training checkpoint holds; ValueError naming the file if it
     is unreadable or not an iwsm_md sampler."""
     path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"cannot read sampler checkpoint {path}: "
+                         + ("it is a directory" if path.is_dir() else "no such file") + "; check the path")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, pickle.UnpicklingError, EOFError) as err:
-        raise ValueError(f"cannot read sampler checkpoint {path}: {err}") from err
+    except Exception as err:  # truncated or foreign files raise many types (zip, pickle, EOF, import errors)
+        raise ValueError(f"cannot read sampler checkpoint {path} ({type(err).__name__}: {err}): the file is damaged "
+                         "or not written by iwsm_md; use another checkpoint or train again") from err
     if not isinstance(state, dict) or state.get("format") != "iwsm_md.sampler/1":
-        raise ValueError(f"{path} is not an iwsm_md sampler checkpoint")
+        raise ValueError(f"{path} is not an iwsm_md sampler checkpoint (no 'iwsm_md.sampler/1' format tag): "
+                         "pass a file written by Sampler.save or by training with a checkpoint")
+    missing = sorted({"config", "net", "buffer", "history", "source"} - set(state))
+    if missing:
+        raise ValueError(f"sampler checkpoint {path} is damaged: it lacks {missing}; use another checkpoint or "
+                         "train again")
     return state
 
 
 def restore(state: dict, energy: Energy) -> Sampler:
-    """Rebuild a `Sampler` from a saved state dict and its energy."""
-    config = TrainConfig(**state["config"])
+    """Rebuild a `Sampler` from a saved state dict and its energy.
+
+    ValueError if `energy` is not the kind of energy the sampler was trained on (another number
+    of particles or spatial dimension: see `check_compatible`). A sampler saved on a device this
+    machine lacks (a GPU) is loaded on the CPU, with a warning."""
+    check_compatible(state, energy)
+    values = dict(state["config"])
+    problem = device_problem(values.get("device", "cpu"))
+    if problem is not None:
+        warnings.warn(f"the sampler was saved on {values['device']!r}, which is not usable here: loading it on "
+                      f"the CPU ({problem})", stacklevel=2)
+        values["device"] = "cpu"
+    config = TrainConfig.from_dict(values)
     space = Space.of(energy)
     net = None
     if state["net"] is not None:
         net = build_net(space, config)
-        net.load_state_dict(state["net"])
+        try:
+            net.load_state_dict(state["net"])
+        except RuntimeError as err:
+            raise ValueError(f"the saved network does not fit the net its config describes ({err}); the file was "
+                             "written for another energy or by another version of iwsm_md") from None
         net.to(config.device).eval()
     buffer = None
     if state["buffer"] is not None:

@@ -231,10 +231,22 @@ def test_ase_structure_with_a_calculator_from_a_file(capsys, tmp_path):
     (["sample", "-n", "3"], "required"),
     (["export", "--samples", "{tmp}/x.npy", "--system", "dw4", "--out", "{tmp}/y.pdb"], "system needs (n, 8)"),
     (["evaluate", "--samples", "{tmp}/x.npy", "--system", "dw4"], "--reference FILE is required"),
+    (["train", "--system", "gmm40", "--set", "lr=-1", "--dry-run"], "lr must be positive and finite"),
+    (["train", "--system", "gmm40", "--sigma-min", "2", "--dry-run"], "need 0 < sigma_min < sigma_max"),
+    (["train", "--system", "gmm40", "--device", "tpu", "--dry-run"], "device must name a torch device"),
+    (["train", "--system", "gmm40", "--out", "{tmp}", "--checkpoint-every", "0"], "--checkpoint-every must be a positive"),
+    (["train", "--system", "gmm40", "--out", "{tmp}/damaged", "--resume"], "cannot read sampler checkpoint"),
+    (["train", "--openmm-xml", "{tmp}/barostat.xml", "--temperature", "300"], "need a periodic box"),
+    (["sample", "--sampler", "{tmp}/broken.toml", "-n", "0", "--out", "{tmp}/x.npy"], "-n must be a positive"),
 ])
 def test_bad_input_exits_2_with_one_line(capsys, tmp_path, dw4_xml, argv, message):
     (tmp_path / "broken.toml").write_text("n_mc = = 3\n")
     (tmp_path / "x.xyz").write_text("1\n\nAr 0 0 0\n")
     np.save(tmp_path / "x.npy", np.zeros((4, 2), np.float32))
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "checkpoint.pt").write_bytes(b"PK\x03\x04 cut short")
+    barostat = double_well()
+    barostat.addForce(openmm.MonteCarloBarostat(1.0, 300.0))
+    (tmp_path / "barostat.xml").write_text(openmm.XmlSerializer.serialize(barostat))
     argv = [a.format(tmp=tmp_path, xml=dw4_xml) for a in argv]
     assert message in bad(capsys, *argv)

@@ -70,8 +70,9 @@ class Energy(nn.Module):
     def energy_and_forces(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Energies `(batch,)` in kT and forces `-dE/dx` `(batch, dim)` in kT per length unit.
 
-        Both are detached from any graph.
+        Both are detached from any graph. Raises like `forward` for bad positions.
         """
+        self.check_positions(x)  # before requires_grad_, which fails obscurely on integer tensors
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             e = self(xg)

@@ -89,7 +89,11 @@ def from_openmm(
     periodic = [_describe(f, k) for k, f in enumerate(system.getForces()) if f.usesPeriodicBoundaryConditions()]
     if periodic:
         raise ValueError(f"periodic forces {periodic}: iwsm_md samples clusters in open space; use NoCutoff or "
-                         "CutoffNonPeriodic methods")
+                         "CutoffNonPeriodic methods (bonded forces: setUsesPeriodicBoundaryConditions(False))")
+    barostats = [_describe(f, k) for k, f in enumerate(system.getForces()) if "Barostat" in type(f).__name__]
+    if barostats:  # no energy of their own, but they only make sense with a periodic box
+        raise ValueError(f"barostats {barostats} need a periodic box: iwsm_md samples clusters in open space at "
+                         "fixed temperature; remove them (System.removeForce)")
     if system.getNumConstraints():
         warnings.warn(f"the System has {system.getNumConstraints()} constraints; they are not part of the energy "
                       "and the sampler draws unconstrained coordinates", UserWarning, stacklevel=2)

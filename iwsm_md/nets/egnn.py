@@ -18,12 +18,15 @@ class EGNNLayer(nn.Module):
 
     `m_ij = φ_e(h_i, h_j, |x_i − x_j|²)`,
     `x_i ← x_i + Σ_{j≠i} (x_i − x_j) / (|x_i − x_j| + 1) · φ_x(m_ij) / (n − 1)` (EGNN's norm_diff),
+    with `φ_x = coords_range · tanh(·)` (EGNN's tanh option, as in iDEM): a layer moves a particle by
+    at most `coords_range`, so inputs far outside the training range cannot blow the net up,
     `h_i ← h_i + φ_h(h_i, Σ_{j≠i} m_ij / (n − 1))`, skipped when `update_features` is False
     (the last layer, whose features nothing reads).
     """
 
-    def __init__(self, hidden: int, update_features: bool = True):
+    def __init__(self, hidden: int, update_features: bool = True, coords_range: float = 15.0):
         super().__init__()
+        self.coords_range = coords_range
         # φ_e's first linear map on [h_i, h_j, d²] applied per particle, then broadcast over pairs
         self.edge_i = nn.Linear(hidden, hidden)
         self.edge_j = nn.Linear(hidden, hidden, bias=False)
@@ -44,7 +47,7 @@ class EGNNLayer(nn.Module):
         pre = torch.addcmul(pair, d2, self.edge_d2.weight[:, 0])  # + edge_d2(d2), one pass fewer
         m = self.edge(pre)  # (batch, n, n, hidden), self-messages m_ii included
         unit = diff / (torch.sqrt(d2 + 1e-8) + 1.0)
-        x = x + (unit * self.coord(m)).sum(2) / (n - 1)
+        x = x + (unit * (self.coords_range * torch.tanh(self.coord(m)))).sum(2) / (n - 1)
         if self.node is not None:
             neighbours = m.sum(2) - torch.diagonal(m, dim1=1, dim2=2).transpose(1, 2)  # drop m_ii
             h = h + self.node(torch.cat([h, neighbours / (n - 1)], dim=-1))
@@ -64,15 +67,18 @@ class EGNNScore(nn.Module):
         hidden: width of node features and messages (published: 128).
         layers: message-passing layers (published: 3 for DW-4, 5 for LJ-13/LJ-55).
         time_width: width of the sinusoidal time embedding.
+        coords_range: largest displacement of a particle by one layer (length unit).
     """
 
-    def __init__(self, n_particles: int, spatial_dim: int, hidden: int = 128, layers: int = 3, time_width: int = 32):
+    def __init__(self, n_particles: int, spatial_dim: int, hidden: int = 128, layers: int = 3, time_width: int = 32,
+                 coords_range: float = 15.0):
         super().__init__()
         if n_particles < 2:
             raise ValueError(f"EGNNScore needs at least 2 particles, got {n_particles}")
         self.n_particles, self.spatial_dim, self.time_width = n_particles, spatial_dim, time_width
         self.time = nn.Sequential(nn.Linear(time_width, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-        self.layers = nn.ModuleList(EGNNLayer(hidden, update_features=k < layers - 1) for k in range(layers))
+        self.layers = nn.ModuleList(EGNNLayer(hidden, update_features=k < layers - 1, coords_range=coords_range)
+                                    for k in range(layers))
 
     def forward(self, x: Tensor, t: Tensor) -> Tensor:
         """Scores `(batch, n_particles*spatial_dim)` (inverse length units) at positions `x`

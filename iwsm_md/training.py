@@ -33,7 +33,8 @@ from iwsm_md.buffer import ReplayBuffer
 from iwsm_md.energies.base import Energy, ScaledEnergy
 from iwsm_md.estimators import estimate_target, proposal_log_density, snis_weights
 from iwsm_md.nets import EGNNScore, MLPScore, NoiseScaled
-from iwsm_md.sampling import probability_flow, reverse_sde
+from iwsm_md.reweighting import ImportanceSample, importance_weights
+from iwsm_md.sampling import log_prob, probability_flow, reverse_sde, sample_with_log_prob
 from iwsm_md.sde import GeometricVESDE, Space
 
 MODES = ("iwsm", "idem", "pdem", "direct")
@@ -287,6 +288,83 @@ class Sampler:
                           "are returned as they are; drop them with x[torch.isfinite(x).all(1)], and train longer "
                           "or integrate with more steps", RuntimeWarning, stacklevel=2)
         return x
+
+    def _likelihood_setup(self, steps, seed, batch) -> tuple[Callable, int, torch.Generator, torch.dtype]:
+        """(differentiable score, steps, generator, dtype) for `log_prob` and `importance_sample`."""
+        if self.net is None:
+            raise ValueError(f"likelihoods need a network score; a sampler in mode {self.config.mode!r} has none (the "
+                             "Monte Carlo score of 'direct' mode is not differentiable): train a network")
+        steps = self.config.sample_steps if steps is None else steps
+        for name, value in (("steps", steps), ("batch", batch)):
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        g = torch.Generator(device=self.config.device)
+        g.manual_seed(self.config.seed + 1 if seed is None else seed)
+        return self.net, int(steps), g, next(self.net.parameters()).dtype
+
+    def log_prob(self, x: Tensor, steps: int | None = None, divergence: str = "exact", n_probes: int = 1,
+                 seed: int | None = None, batch: int = 10_000) -> Tensor:
+        """Log density `(n,)` of the sampler's probability-flow ODE at `x` `(n, dim)`, in the
+        energy's coordinates: log of 1/(length unit)^effective_dim, the density on the
+        centre-of-mass-free subspace for particle systems (see `iwsm_md.sampling.log_prob`).
+
+        With `config.scale != 1` the ODE runs on `x / scale` and
+        `log q(x) = log q_scaled(x / scale) − effective_dim · log(scale)`. This is the density of
+        `sample(method="ode")`, not of the reverse SDE's samples (the two agree only as far as
+        the network's score is a true score).
+
+        Args:
+            steps: Heun steps (default: the config's `sample_steps`); compare two values to see
+                the discretisation error.
+            divergence: "exact" (`effective_dim` backward passes per step: small systems) or
+                "hutchinson" (`n_probes` backward passes per step; seed: of the probes).
+            batch: points integrated at once.
+        Returns float32 (the network's dtype) on the config's device; NaN where x is non-finite
+        or the integration diverged.
+        """
+        score, steps, g, dtype = self._likelihood_setup(steps, seed, batch)
+        x = torch.as_tensor(x)
+        if x.ndim != 2 or x.shape[1] != self.space.dim:
+            raise ValueError(f"x must have shape (n, {self.space.dim}), got {tuple(x.shape)}")
+        y = x.to(device=self.config.device, dtype=dtype) / self.config.scale
+        out = [log_prob(score, self.sde, self.space, y[i:i + batch], steps, divergence=divergence, n_probes=n_probes,
+                        generator=g) for i in range(0, len(y), batch)]
+        log_q = torch.cat(out) if out else y.new_empty(0)
+        return log_q - self.space.effective_dim * math.log(self.config.scale)
+
+    def importance_sample(self, n: int, steps: int | None = None, divergence: str = "exact", n_probes: int = 1,
+                          seed: int | None = None, batch: int = 10_000) -> ImportanceSample:
+        """`n` samples of the probability-flow ODE with their log density, energies and
+        importance weights p/q (`iwsm_md.reweighting`), in the energy's coordinates.
+
+        One integration gives both the samples (those of `sample(n, steps, method="ode",
+        seed=seed)` when `divergence="exact"`) and their log density (as `log_prob`, to
+        O(1/steps²)). Observables: `reweighting.reweighted_mean(values, s.log_w)`; log Z:
+        `reweighting.log_partition(-s.energy, s.log_q)`. Samples with a non-finite position,
+        log q or energy are kept, masked (weight 0), counted in `n_masked` and warned about.
+        Arguments as in `log_prob` and `sample`.
+        """
+        score, steps, g, dtype = self._likelihood_setup(steps, seed, batch)
+        if not isinstance(n, numbers.Integral) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        xs, log_qs, energies = [], [], []
+        for start in range(0, n, batch):
+            x1 = self.sde.prior_sample(min(batch, n - start), self.space, dtype=dtype, device=self.config.device,
+                                       generator=g)
+            x0, log_q = sample_with_log_prob(score, self.sde, self.space, x1, steps, divergence=divergence,
+                                             n_probes=n_probes, generator=g)
+            x0 = x0 * self.config.scale
+            energy = torch.full((len(x0),), math.nan, dtype=torch.float64, device=x0.device)
+            finite = torch.isfinite(x0).all(1)
+            if finite.any():
+                with torch.no_grad():
+                    energy[finite] = self.energy(x0[finite]).double()
+            xs.append(x0)
+            log_qs.append(log_q.double() - self.space.effective_dim * math.log(self.config.scale))
+            energies.append(energy)
+        x, log_q, energy = torch.cat(xs), torch.cat(log_qs), torch.cat(energies)
+        w = importance_weights(-energy, log_q)
+        return ImportanceSample(x, log_q.cpu(), energy.cpu(), w.log_w, w.ess, w.n_masked)
 
     def save(self, path: str | Path, training: dict | None = None) -> None:
         """Write config, network, buffer, history and energy source to `path`, atomically

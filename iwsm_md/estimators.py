@@ -9,8 +9,8 @@ score as their limit, Eq. 7 with low variance at small σ, Tweedie's at large σ
 `blend_length` L the estimate is `a ŝ_Eq7 + (1 − a) ŝ_Tweedie` with `a = L² / (L² + σ²)`, which
 is exact with zero variance for a Gaussian target of standard deviation L and, for targets
 made of wells of width about L (GMM modes), cuts the variance by orders of magnitude at
-large σ (measured on GMM-40, K = 100, σ = 1 in the rescaled space: standard deviation 0.4
-against 122 for Eq. 7 alone).
+large σ (GMM-40, K = 100, σ = 1 in the rescaled space: standard deviation 0.41
+against 104 for Eq. 7 alone; benchmarks/results/estimator_variance.md).
 The proposal density of `x_t` is the Gaussian mixture over the mini-batch's buffer samples,
 `p̂_B,t(x_t) = mean_j N(x_t; x_0^(j), σ² I)`; the IWSM weight is `p̂_t / p̂_B,t`, normalised
 in log space (the unknown Z cancels). Non-finite energies are masked and counted.

@@ -4,8 +4,9 @@
     python3 data/make_reference.py dw4|lj13|lj55 [--samples 10000] [--chains C] [--seed S]
 
 Method: batched single-particle Metropolis (`iwsm_md.mcmc.metropolis` with `single_particle=True`:
-one sweep = `n_particles` single-particle moves, pair energies cached), float64 (LJ-55: float32,
-~25% faster; energies are then rounded at ~1e-5 kT), kT = 1, reduced units, centre-of-mass free; DW-4 with parallel tempering (its slow coordinate, see `DW4_NOTE`).
+one sweep = `n_particles` single-particle moves, pair energies cached), float64 (`--dtype float32`
+is ~25% faster on LJ-55, energies then rounded at ~1e-5 kT), kT = 1, reduced units, centre-of-mass
+free; DW-4 with parallel tempering (its slow coordinate, see `DW4_NOTE`).
 
 1. Starts, in `groups` groups of chains with their own seeds (and, for LJ-55, their own kind of
    start, see `starts`): DW-4 from Gaussian positions; LJ clusters from *compact* configurations
@@ -15,10 +16,11 @@ one sweep = `n_particles` single-particle moves, pair energies cached), float64 
    sweeps whose energy and R_g² traces are recorded. A stage passes when the
    `mcmc.equilibration_time` t0 of both traces lies in its first quarter, the means of the two
    halves of what follows t0 agree within 3 standard errors (from the chains' means), and that
-   spans >= `min_span` autocorrelation times τ (the larger of the energy's and R_g²'s; 20, LJ-55
-   8 to fit its budget); otherwise another stage runs (`equilibrate` sweeps, or 1.25 `min_span` τ
-   if only the span was short; at most `max_stages`, and only while the budget allows). Every
-   burn-in sweep is discarded.
+   spans >= `min_span` (20) autocorrelation times τ (the larger of the energy's and R_g²'s);
+   otherwise another stage runs (`equilibrate` sweeps, or 1.25 `min_span` τ if only the span was
+   short; at most `max_stages`, and only while the budget allows). Every burn-in sweep is
+   discarded. `--stages K` pins the number of stages (and `--thin` the thinning): a run is then
+   replayed exactly from its recorded decisions (one thread, same code).
 3. Production: `thin = ceil(thin_factor * τ)` sweeps between recorded samples (τ from the last
    burn-in stage), `ceil(samples / chains)` rounds; with `--max-minutes` the thinning shrinks to
    fit the budget and the shortfall is reported. τ, the autocorrelation between successive stored
@@ -88,6 +90,23 @@ Kolmogorov–Smirnov on the energies: p = 0.27 (this set) and 0.33 (seed 1) agai
 floor: exact 10k sets score 0.043 ± 0.0045 against each other (simulated from a smoothed pool of the
 energies), so a set in exact equilibrium misses 0.05 about one time in ten to fifteen."""
 
+LJ55_NOTE = """Notes on this set. At equilibrium LJ-55's energy autocorrelation time is ~250 sweeps of
+single-particle Metropolis and R_g²'s ~340 (not the ~45 sweeps DESIGN.md quotes), so 10k samples
+thinned by 2 τ cost ~7M chain-sweeps: ~1 h at the ~2,000 chain-sweeps/s of one idle core (256 chains,
+float64; float32 ~25% faster), ~1.7 h at the ~1,100 this run got on the shared machine. Within its
+40 minutes the set is thinned by 150 sweeps: successive samples of a chain correlate (τ 1.96 in
+energy, 2.72 in R_g² between stored samples), n_effective ≈ 3,700. Equilibrium: all starts lie
+below it (mean E0 −454 against −325.5), the burn-in stage still drifted (its halves differ by
+z = +8.9) but its second half (−325.9) already sat at the production mean; the production is
+stationary (ten blocks of four rounds: mean E/kT −325.0 to −325.8, R_g² 2.981 to 2.986) and the
+four groups (icosahedra and relaxed random clusters) agree within their standard errors, with
+E-TVD and D-TVD between groups at the level of random splits. A rerun that also starts half the
+groups above equilibrium (`--start bracket --dtype float32 --equilibrate 2000 --min-span 8`, random
+clusters at E0 up to −245) was stopped by another job after its first burn-in stage (kept: nothing);
+over that stage's second half its mean energy was −325.8. Replay of this set:
+`python3 data/make_reference.py lj55 --stages 1 --thin 150` (pins the run's two decisions; not
+re-run, checked on a small configuration to give the same samples bit for bit)."""
+
 # per system: the published files (val, test), chains, groups, step size, burn-in and thinning
 SYSTEMS = {
     "dw4": dict(published=("val_split_DW4.npy", "test_split_DW4.npy"), chains=512, groups=2,
@@ -95,8 +114,8 @@ SYSTEMS = {
                 temperatures=[1.0, 1.4, 2.0, 2.8, 4.0], note=DW4_NOTE),
     "lj13": dict(published=("val_split_LJ13-1000.npy", "test_split_LJ13-1000.npy"), chains=512, groups=2,
                  start="compact", step=0.1, adapt=200, equilibrate=5000, thin_factor=2.0, note=LJ13_NOTE),
-    "lj55": dict(published=None, chains=256, groups=4, start="mixed", step=0.1, adapt=300, equilibrate=2000,
-                 thin_factor=2.0, dtype="float32", min_span=8),
+    "lj55": dict(published=None, chains=256, groups=4, start="mixed", step=0.1, adapt=300, equilibrate=2500,
+                 thin_factor=2.0, note=LJ55_NOTE),
 }
 
 
@@ -176,8 +195,9 @@ def starts(name: str, energy, kind: str, chains: int, groups: int, seed: int):
     the equilibrium energy); "disordered": the same clusters relaxed by 10 steps only, which removes
     the overlaps (LJ-55: above the equilibrium energy and R_g²); "icosahedron": a randomly rotated,
     slightly perturbed Mackay icosahedron relaxed by 300 steps (LJ-55: far below); "mixed":
-    icosahedra in even groups, disordered clusters in odd ones, so the groups approach equilibrium
-    from both sides.
+    icosahedra in even groups, compact clusters in odd ones (the committed LJ-55 set: every group
+    approaches equilibrium from below); "bracket": icosahedra in even groups, disordered clusters in
+    odd ones, so the groups approach equilibrium from both sides (better evidence; for a rerun).
     """
     group = torch.arange(chains) * groups // chains
     x = torch.empty(chains, energy.dim, dtype=torch.float64)
@@ -185,7 +205,8 @@ def starts(name: str, energy, kind: str, chains: int, groups: int, seed: int):
     for k in range(groups):
         rows = torch.nonzero(group == k).flatten()
         g = torch.Generator().manual_seed(1000 * seed + k)
-        this = kind if kind != "mixed" else ("icosahedron" if k % 2 == 0 else "disordered")
+        pair = {"mixed": ("icosahedron", "compact"), "bracket": ("icosahedron", "disordered")}.get(kind, (kind, kind))
+        this = pair[k % 2]
         if this == "gaussian":
             xk = 2.0 * torch.randn(rows.numel(), energy.dim, dtype=torch.float64, generator=g)
         elif this == "compact":
@@ -255,7 +276,7 @@ def run(name: str, cfg: dict, n_samples: int, seed: int, log=print) -> dict:
     stage = mcmc.metropolis(energy, x0, cfg["equilibrate"], cfg["step"], burn_in=cfg["adapt"],
                             thin=every_rec, seed=seed, **opts)
     burn_in, stages = cfg["adapt"] + cfg["equilibrate"], []
-    for s in range(cfg.get("max_stages", 5)):
+    for s in range(cfg.get("stages") or cfg.get("max_stages", 5)):
         trace = stage.energy_trace.double()
         rg = gyration(stage.samples.double(), n, d).reshape(-1, chains)
         t0 = max(mcmc.equilibration_time(trace), mcmc.equilibration_time(rg) * every_rec)
@@ -274,12 +295,16 @@ def run(name: str, cfg: dict, n_samples: int, seed: int, log=print) -> dict:
             f"{info['halves_gyration']['z']:+.1f}; {time.perf_counter() - start:.0f} s")
         stationary = t0 <= trace.shape[0] // 4 and max(abs(info["halves"]["z"]), abs(info["halves_gyration"]["z"])) < 3
         span = cfg.get("min_span", 20)
-        if stationary and trace.shape[0] - t0 >= span * tau:
+        if cfg.get("stages"):  # pinned: exactly that many stages, whatever the checks say
+            if len(stages) >= cfg["stages"]:
+                break
+        elif stationary and trace.shape[0] - t0 >= span * tau:
             break
         # not stationary: burn in further; stationary but short: long enough to measure tau next time
         length = max(cfg["equilibrate"], math.ceil(1.25 * span * tau)) if stationary else cfg["equilibrate"]
         elapsed = time.perf_counter() - start
-        if cfg.get("max_minutes") and elapsed * (1 + length / burn_in) > 0.6 * 60 * cfg["max_minutes"]:
+        if (cfg.get("max_minutes") and not cfg.get("stages")
+                and elapsed * (1 + length / burn_in) > 0.6 * 60 * cfg["max_minutes"]):
             log("  WARNING: no budget left for another burn-in stage")
             stages[-1]["budget_stop"] = True
             break
@@ -288,14 +313,15 @@ def run(name: str, cfg: dict, n_samples: int, seed: int, log=print) -> dict:
                                 thin=every_rec, seed=seed + 100 + s, **opts)
         burn_in += length
     else:
-        log("  WARNING: the burn-in did not pass its stationarity check")
+        if not cfg.get("stages"):
+            log("  WARNING: the burn-in did not pass its stationarity check")
     tau_pilot = max(stages[-1]["tau_energy"], stages[-1]["tau_gyration"])
 
     # production
-    every = max(1, math.ceil(cfg["thin_factor"] * tau_pilot))
+    every = cfg.get("thin") or max(1, math.ceil(cfg["thin_factor"] * tau_pilot))
     rounds = -(-n_samples // chains)
     shortfall = None
-    if cfg.get("max_minutes"):  # fit the production into what is left of the wall-clock budget
+    if cfg.get("max_minutes") and not cfg.get("thin"):  # fit the production into what is left of the wall-clock budget
         elapsed = time.perf_counter() - start
         rate = burn_in / elapsed  # sweeps per second so far (starts and relaxation included: conservative)
         fits = int((60 * cfg["max_minutes"] - elapsed) * rate * 0.95 / rounds)
@@ -427,34 +453,40 @@ def hardware() -> str:
 
 
 def section(name: str, cfg: dict, meta: dict, checks: dict) -> str:
-    pub, grp, bi = checks["published"], checks["groups"], checks["burn_in"]
+    pub, grp, stages = checks["published"], checks["groups"], checks["burn_in"]["stages"]
+    last, prod, tau_s = stages[-1], checks["production_halves"], checks["tau_stored"]
+
+    def mean_se(h: dict) -> str:
+        return f"{h['first'][0]:.3f} ± {h['first'][1]:.3f} / {h['second'][0]:.3f} ± {h['second'][1]:.3f}"
+
+    tempering = "."
+    if cfg.get("temperatures"):
+        swaps = ", ".join(f"{v:.2f}" for v in last["swap_acceptance"])
+        tempering = f"; parallel tempering over T = {cfg['temperatures']}, swap acceptance {swaps}."
+    rule = f"ceil({cfg['thin_factor']} × {checks['tau_pilot']:.1f})"
+    if cfg.get("thin"):
+        thinning = f"pinned by --thin ({rule} would follow the larger burn-in autocorrelation time)."
+    elif checks.get("shortfall"):
+        thinning = f"cut by the budget (see Shortfall) from {rule}, the larger burn-in autocorrelation time."
+    else:
+        thinning = f"= {rule}, the larger burn-in autocorrelation time."
+    modified = f" (modified: {meta['git_dirty']})" if meta["git_dirty"] else ""
     L = [f"## {name}", "",
          f"`{meta['command']}`", "",
          f"- {meta['method']}; {meta['chains']} chains from {cfg['start']} starts in {cfg['groups']} groups; "
-         f"T = 1 step size {meta['step_size']:.4g} (acceptance {meta['acceptance']:.2f})"
-         + (f"; parallel tempering over T = {cfg['temperatures']}, swap acceptance "
-            f"{', '.join(f'{v:.2f}' for v in bi['stages'][-1]['swap_acceptance'])}." if cfg.get("temperatures") else "."),
+         f"T = 1 step size {meta['step_size']:.4g} (acceptance {meta['acceptance']:.2f}){tempering}",
          f"- Burn-in {meta['burn_in']} sweeps per chain, all discarded: {cfg['adapt']} adapting the step size, then "
-         f"{len(bi['stages'])} stage(s) of {', '.join(str(st['sweeps']) for st in bi['stages'])} sweeps; last stage: equilibration_time "
-         f"{bi['stages'][-1]['t0']} sweeps, <E> over the first/second half after it {bi['stages'][-1]['halves']['first'][0]:.3f} ± "
-         f"{bi['stages'][-1]['halves']['first'][1]:.3f} / {bi['stages'][-1]['halves']['second'][0]:.3f} ± "
-         f"{bi['stages'][-1]['halves']['second'][1]:.3f}, <R_g²> z {bi['stages'][-1]['halves_gyration']['z']:+.2f}; "
-         f"autocorrelation times there: energy {bi['stages'][-1]['tau_energy']:.1f}, R_g² "
-         f"{bi['stages'][-1]['tau_gyration']:.1f} sweeps.",
-         (f"- Thinning {meta['thin']} sweeps = ceil({cfg['thin_factor']} × {checks['tau_pilot']:.1f}), the larger burn-in "
-          f"autocorrelation time." if not checks.get("shortfall") else
-          f"- Thinning {meta['thin']} sweeps, cut by the budget (see Shortfall) from ceil({cfg['thin_factor']} × "
-          f"{checks['tau_pilot']:.1f}), the larger burn-in autocorrelation time.") +
-         f" Production: energy autocorrelation time {meta['autocorrelation_time']:.1f} sweeps; "
-         f"between successive stored samples of a chain τ = {checks['tau_stored']['energy']:.2f} (energy), "
-         f"{checks['tau_stored']['gyration']:.2f} (R_g²) (1 = independent); n_effective {meta['n_effective']:.0f} of "
-         f"{meta['n']}. Production halves <E> {checks['production_halves']['first'][0]:.3f} ± "
-         f"{checks['production_halves']['first'][1]:.3f} / {checks['production_halves']['second'][0]:.3f} ± "
-         f"{checks['production_halves']['second'][1]:.3f} (z {checks['production_halves']['z']:+.2f}); "
+         f"{len(stages)} stage(s) of {', '.join(str(st['sweeps']) for st in stages)} sweeps; last stage: "
+         f"equilibration_time {last['t0']} sweeps, <E> over the first/second half after it {mean_se(last['halves'])}, "
+         f"<R_g²> z {last['halves_gyration']['z']:+.2f}; autocorrelation times there: energy "
+         f"{last['tau_energy']:.1f}, R_g² {last['tau_gyration']:.1f} sweeps.",
+         f"- Thinning {meta['thin']} sweeps {thinning} Production: energy autocorrelation time "
+         f"{meta['autocorrelation_time']:.1f} sweeps; between successive stored samples of a chain "
+         f"τ = {tau_s['energy']:.2f} (energy), {tau_s['gyration']:.2f} (R_g²) (1 = independent); n_effective "
+         f"{meta['n_effective']:.0f} of {meta['n']}. Production halves <E> {mean_se(prod)} (z {prod['z']:+.2f}); "
          f"equilibration_time of the production trace {checks['production_t0']} sweeps.",
          f"- Wall {meta['wall_seconds']:.0f} s on {meta['hardware']}; seed {meta['seed']}; iwsm_md "
-         f"{meta['git_commit'][:12]}{' (modified: ' + meta['git_dirty'] + ')' if meta['git_dirty'] else ''}; "
-         f"file {checks['file_bytes'] / 1e6:.2f} MB.", ""]
+         f"{meta['git_commit'][:12]}{modified}; file {checks['file_bytes'] / 1e6:.2f} MB.", ""]
     if pub:
         L += [f"Against the published `{pub['val_file']}` ({pub['n_ref']} rows, centred), this set at n = {pub['n']}; "
               f"floor = published `{pub['test_file']}` (first {pub['n']} rows) against the same val set:", "",
@@ -505,7 +537,8 @@ ref = np.load("data/reference/lj55.npz")
 x, e = ref["positions"], ref["energies"]          # (10000, 165), (10000,)
 ```
 
-The sections below are written by the script, one per system; TVDs follow
+The sections below are written by the script, one per system (`--report` rewrites one from its
+npz); TVDs follow
 `iwsm_md.metrics` (⌈√n_ref⌉ bins over the reference range plus overflow bins). Checked by
 `tests/test_reference_sets.py`.
 """
@@ -538,6 +571,16 @@ def main(argv=None) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget: thin less than --thin-factor tau if the production would not fit")
     p.add_argument("--equilibrate", type=int, default=None, help="sweeps per burn-in stage")
+    p.add_argument("--stages", type=int, default=None,
+                   help="pin the number of burn-in stages (no stationarity or budget decisions): with --thin, "
+                        "replays a run exactly from its recorded decisions")
+    p.add_argument("--thin", type=int, default=None, help="pin the production thinning in sweeps (no budget cut)")
+    p.add_argument("--start", default=None, choices=["gaussian", "compact", "disordered", "icosahedron", "mixed", "bracket"],
+                   help="kind of starting configurations (default per system; see `starts`)")
+    p.add_argument("--dtype", default=None, choices=["float64", "float32"],
+                   help="chains' precision (default float64; float32 is ~25%% faster on LJ-55)")
+    p.add_argument("--min-span", type=int, default=None,
+                   help="autocorrelation times a burn-in stage must span after equilibration_time (default 20)")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--report", action="store_true",
                    help="run nothing: rewrite this system's README section from its npz (after editing a note)")
@@ -545,7 +588,8 @@ def main(argv=None) -> None:
 
     def config(a) -> dict:
         cfg = dict(SYSTEMS[a.name])
-        for key in ("chains", "groups", "thin_factor", "equilibrate", "max_minutes"):
+        for key in ("chains", "groups", "thin_factor", "equilibrate", "max_minutes", "stages", "thin", "start", "dtype",
+                    "min_span"):
             if getattr(a, key) is not None:
                 cfg[key] = getattr(a, key)
         return cfg
@@ -572,7 +616,15 @@ def main(argv=None) -> None:
     checks["published"] = published_checks(args.name, cfg, res)
     checks["groups"] = group_checks(res, energy.n_particles, energy.spatial_dim, args.seed)
     commit, dirty = git_info()
-    command = "python3 data/make_reference.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    for i, w in enumerate(words):  # --out picks where the files go, not what they hold: leave it out
+        if w == "--out":
+            del words[i:i + 2]
+            break
+        if w.startswith("--out="):
+            del words[i]
+            break
+    command = "python3 data/make_reference.py " + " ".join(words)
     prod = res["prod"]
     pt = f", parallel tempering over T = {cfg['temperatures']}" if cfg.get("temperatures") else ""
     meta = dict(command=command, method=f"single-particle Metropolis (iwsm_md.mcmc.metropolis, single_particle=True)"

@@ -1,4 +1,5 @@
-"""What the benchmark scripts share (gmm.py, particles.py): the hardware line, the number format,
+"""What the benchmark scripts share (gmm.py, particles.py; the CPU name also energy_throughput.py and
+data/make_reference.py): the hardware line, the number format,
 the per-run JSON record and where it goes, the pieces of a results table (mode rows with ✓,
 unmet cells, owed runs, the settings notes, the tagged "other settings" table) and the command
 line. Not a library: the scripts import it from their own folder (`python3 benchmarks/gmm.py`).
@@ -21,15 +22,18 @@ import numpy as np
 import torch
 
 
-def hardware() -> str:
-    cpu = platform.machine()
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
     except (OSError, StopIteration):
-        pass
+        return platform.processor() or platform.machine()
+
+
+def hardware() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch thread(s) per run), {gpu}"
+    return f"{cpu_name()}, {os.cpu_count()} cores ({torch.get_num_threads()} torch thread(s) per run), {gpu}"
 
 
 def fmt(mean: float, std: float | None = None, digits: int = 3) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import sys
 import time
 import warnings
@@ -28,6 +27,7 @@ import numpy as np
 import openmm
 import torch
 
+from common import cpu_name
 from iwsm_md.energies import from_openmm
 from iwsm_md.energies.fallback import ASEFallbackTerm, OpenMMFallbackTerm
 from iwsm_md.energies.units import BOLTZMANN_EV, MOLAR_GAS_CONSTANT
@@ -66,16 +66,8 @@ def energy_and_forces(term):
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
             f"OpenMM {openmm.__version__}{gpu}")
 
 

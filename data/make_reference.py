@@ -64,6 +64,9 @@ from iwsm_md import mcmc
 from iwsm_md import metrics as M
 from iwsm_md.potentials import builtin_energy
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from common import cpu_name  # noqa: E402  (the benchmark scripts' shared helpers)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "data" / "reference"
 PUBLISHED = Path(os.environ.get("IWSM_MD_REFERENCE", ROOT.parent / "shared" / "data" / "reference"))
@@ -439,15 +442,7 @@ def git_info() -> tuple[str, str]:
 
 
 def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} "
             f"thread(s), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, "
             f"Python {platform.python_version()}")
 

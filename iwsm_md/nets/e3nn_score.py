@@ -15,6 +15,7 @@ from e3nn.nn import FullyConnectedNet, Gate
 from torch import Tensor, nn
 
 from iwsm_md.nets.mlp import sinusoidal_embedding
+from iwsm_md.sde import remove_com
 
 
 class Interaction(nn.Module):
@@ -116,7 +117,7 @@ class E3NNScore(nn.Module):
         for interaction, gate in zip(self.interactions, self.gates):
             h = gate(interaction(h, self.neighbours, sh, radial))
         out = self.readout(h, self.neighbours, sh, radial)
-        return (out - out.mean(dim=1, keepdim=True)).reshape(x.shape)
+        return remove_com(out.reshape(x.shape), self.n_particles, 3)
 
 
 def _gate(irreps: o3.Irreps) -> Gate:

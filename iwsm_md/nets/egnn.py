@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from iwsm_md.nets.mlp import sinusoidal_embedding
+from iwsm_md.sde import remove_com
 
 
 class EGNNLayer(nn.Module):
@@ -90,4 +91,4 @@ class EGNNScore(nn.Module):
         for layer in self.layers:
             h, pos = layer(h, pos)
         out = pos - pos0
-        return (out - out.mean(dim=1, keepdim=True)).reshape(x.shape)
+        return remove_com(out.reshape(x.shape), self.n_particles, self.spatial_dim)

@@ -245,6 +245,23 @@ def test_gmm_energy_matches_scipy_mixture():
     np.testing.assert_allclose(e32.numpy(), e, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sigma", [0.0, 0.7, 6.0])
+def test_gmm_noised_score_is_the_gradient_of_the_convolved_mixture(sigma):
+    """The mixture convolved with N(0, σ²) is the mixture with std √(std² + σ²): central finite
+    differences of scipy's log density of that mixture."""
+    g = gmm(40)
+    wide = GMMEnergy(g.means, float(np.hypot(g.std, sigma)))
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.uniform(-45, 45, size=(50, 2)), g.means.numpy()[:10] + rng.normal(size=(10, 2))])
+    h = 1e-5
+    fd = np.stack([(_scipy_log_density(wide, x + h * e) - _scipy_log_density(wide, x - h * e)) / (2 * h)
+                   for e in np.eye(2)], axis=1)
+    score = g.noised_score(torch.from_numpy(x), sigma).numpy()
+    np.testing.assert_allclose(score, fd, rtol=1e-6, atol=1e-7)
+    per_point = g.noised_score(torch.from_numpy(x), torch.full((len(x),), sigma, dtype=torch.float64))
+    np.testing.assert_allclose(per_point.numpy(), score, rtol=1e-12)
+
+
 def test_gmm_is_normalised():
     g = gmm(3, loc_scale=3)
     h = 0.02

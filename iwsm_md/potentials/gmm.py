@@ -55,6 +55,18 @@ class GMMEnergy(Energy):
         noise = torch.randn(int(n), 2, generator=generator, dtype=dtype, device=device)
         return self.means.to(dtype)[idx] + self.std * noise
 
+    def noised_score(self, x: Tensor, sigma: Tensor | float) -> Tensor:
+        """Exact score `∇ log p_σ(x)` `(batch, 2)` of the mixture convolved with N(0, σ² I), at
+        positions `x` `(batch, 2)` with noise levels `sigma` (a float or `(batch,)`), in the units
+        of the means: `−(x − Σ_m r_m μ_m) / (std² + σ²)`, r the responsibilities of the noised modes.
+        A perfect score network's output; float64 inside, returned in x's dtype."""
+        x64 = x.double()
+        var = self.std**2 + torch.as_tensor(sigma, dtype=torch.float64, device=x.device) ** 2
+        var = var.reshape(-1, 1) if var.ndim else var
+        d = x64[:, None, :] - self.means[None]
+        r = torch.softmax(-(d * d).sum(-1) / (2 * var), dim=1)
+        return (-(x64 - r @ self.means) / var).to(x.dtype)
+
     def extra_repr(self) -> str:
         return f"n_modes={self.n_modes}, std={self.std:.6g}"
 

@@ -491,7 +491,7 @@ def _plot_scatter(x, ref):
 
 def cmd_train(args) -> int:
     import iwsm_md
-    from iwsm_md import analysis
+    from iwsm_md import analysis, distributed
     from iwsm_md.training import read_state
 
     spec = system_spec(args)
@@ -507,7 +507,8 @@ def cmd_train(args) -> int:
         base = TrainConfig.from_dict(state["config"], f"checkpoint {checkpoint}")
         done = sum(not h.get("partial") for h in state["history"])
     else:
-        if not args.force and not args.dry_run and (checkpoint.exists() or final.exists()):
+        if (not args.force and not args.dry_run and distributed.rank() == 0
+                and (checkpoint.exists() or final.exists())):
             raise CLIError(f"{out} already holds a run: add --resume to continue it, --force to start over, "
                            "or choose another --out")
         base = TrainConfig.published(spec.name) if spec.kind == "builtin" else TrainConfig()
@@ -518,8 +519,10 @@ def cmd_train(args) -> int:
         return 0
 
     system = build_system(spec)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.toml").write_text(config_toml(config, header))
+    main = distributed.rank() == 0  # under torchrun, rank 0 alone writes files and shows progress
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.toml").write_text(config_toml(config, header))
     bar = None  # opened at the first epoch's end: an error while the system is built stays one line
 
     def log(entry: dict) -> None:
@@ -544,6 +547,8 @@ def cmd_train(args) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if not main:
+        return 0
     sampler.save(final)
     _write_json(out / "history.json", sampler.history)
     written = [final, out / "config.toml", out / "history.json"]

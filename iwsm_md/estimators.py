@@ -66,6 +66,7 @@ def estimate_target(
     blend_length: float | None = None,
     max_evaluations: int = 1 << 17,
     generator: torch.Generator | None = None,
+    rows: slice | None = None,
 ) -> TargetEstimate:
     """Eq. 7 score and density estimates at `x_t` `(B, dim)` with noise levels `sigma` `(B,)`.
 
@@ -79,14 +80,21 @@ def estimate_target(
         blend_length: L, the width of the target's wells in the units of `x_t`; when given, the
             score blends Eq. 7 with Tweedie's estimate (see the module docstring); None: Eq. 7.
         max_evaluations: energy evaluations per chunk (bounds memory).
+        rows: estimate only these rows of `x_t` (a process's share of a batch) and return theirs;
+            the copies' noise is still drawn for every row, so that `generator` advances as for
+            the whole batch and the rows' estimates equal those of the whole batch's.
     """
     b, dim = x_t.shape
+    first, last = (0, b) if rows is None else rows.indices(b)[:2]
     per_chunk = max(1, max_evaluations // n_mc)
     scores, log_ps, valids, esss, n_bad = [], [], [], [], 0
     for start in range(0, b, per_chunk):
-        xc, sc = x_t[start:start + per_chunk], sigma[start:start + per_chunk]
+        eps = space.noise(min(per_chunk, b - start), n_mc, dtype=x_t.dtype, device=x_t.device, generator=generator)
+        lo, hi = max(start, first), min(start + per_chunk, last)  # the chunk's rows that are wanted
+        if lo >= hi:
+            continue
+        xc, sc, eps = x_t[lo:hi], sigma[lo:hi], eps[lo - start:hi - start]
         m = xc.shape[0]
-        eps = space.noise(m, n_mc, dtype=x_t.dtype, device=x_t.device, generator=generator)
         copies = (xc[:, None, :] + sc[:, None, None] * eps).reshape(m * n_mc, dim)
         e, f = energy.energy_and_forces(copies)
         log_w = (-e.double()).reshape(m, n_mc)

@@ -13,6 +13,7 @@ prior with the current network; then `steps_per_epoch` gradient steps minimise
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import math
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from iwsm_md import distributed
 from iwsm_md.buffer import ReplayBuffer
 from iwsm_md.energies.base import Energy, ScaledEnergy
 from iwsm_md.estimators import estimate_target, proposal_log_density, snis_weights
@@ -59,6 +61,7 @@ class TrainConfig:
     scale: float = 1.0  # the sampler works in x / scale
     lr: float = 5e-4
     grad_clip: float = 1.0
+    ema_decay: float | None = None  # sample with an exponential moving average of the weights (e.g. 0.999)
     noise_scaled: bool = False  # the net predicts σ·score (s = net / σ) instead of the score
     loss_weight: str = "sigma2"  # λ(t) of the score-matching loss: "sigma2" (σ(t)²), "sigma" or "one"
     loss_floor: float = 1e-3  # added to λ(t) (iDEM's ε), so that small noise levels still count
@@ -100,6 +103,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (0 < value < math.inf):
                 raise ValueError(f"{name} must be positive and finite, got {value}")
+        if self.ema_decay is not None and not (0 < self.ema_decay < 1):
+            raise ValueError(f"ema_decay must lie in (0, 1) (or be None: no averaging), got {self.ema_decay}")
         for name in ("grad_clip", "target_clip", "max_minutes"):  # positive; inf: no limit
             value = getattr(self, name)
             if value is not None and not value > 0:
@@ -447,11 +452,17 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         resume: bool = False) -> Sampler:
     """Train a sampler of `exp(−energy)` with `config`; returns the `Sampler`.
 
+    Launched by torchrun with several processes, it trains data-parallel (`iwsm_md.distributed`):
+    each rank evaluates its share of the batch, gradients are averaged, and every rank returns the
+    same sampler; only rank 0 writes the checkpoint, which a run with the same number of
+    processes resumes.
+
     Args:
         log: receives one dict per epoch: epoch, gradient steps so far, loss, weight ESS
             fraction, inner ESS, count of masked non-finite energies (`n_nonfinite`), count of
             steps skipped for a non-finite gradient (`n_skipped`), buffer size, wall time (s);
-            an epoch cut short by `max_minutes` is logged with `partial: True`.
+            an epoch cut short by `max_minutes` is logged with `partial: True`. Under torchrun, only
+            rank 0 calls it (every rank's history holds the same entries).
         source: how to rebuild the energy on load (see `iwsm_md.api`), stored with the sampler.
         checkpoint: file written every `checkpoint_every` gradient steps and at the end, atomically
             (a temporary file, then a rename: a write cut short never replaces the last good one).
@@ -469,16 +480,33 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
     problem = device_problem(config.device)
     if problem is not None:
         raise ValueError(problem)
+    device = distributed.init_from_env(config.device)
+    if device != config.device:  # "cuda" on rank r of a torchrun launch: cuda:<LOCAL_RANK>
+        config, energy = dataclasses.replace(config, device=device), energy.to(device)
+    n_ranks, rank = distributed.world_size(), distributed.rank()
     torch.manual_seed(config.seed)
-    g = torch.Generator(device=config.device)
+    g = torch.Generator(device=config.device)  # the batch's draws: the same on every rank
     g.manual_seed(config.seed)
+    g_local = g  # this rank's own draws: its share of the buffer refills
+    if n_ranks > 1:
+        g_local = torch.Generator(device=config.device)
+        g_local.manual_seed(config.seed + 1_000_003 * (rank + 1))
     dev = torch.device(config.device)
     space = Space.of(energy)
     sde = GeometricVESDE(config.sigma_min, config.sigma_max)
     if config.mode == "direct":
         return Sampler(energy, config, None, source=source)
-    net = build_net(space, config).to(dev)
-    sampler = Sampler(energy, config, net, source=source)
+    net = build_net(space, config).to(dev)  # the network the optimizer trains
+    model = net
+    if n_ranks > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    # the sampler's network: with ema_decay, a copy holding the moving average of the weights
+    # (buffer refills and the returned sampler use it); else the trained network itself
+    sampler = Sampler(energy, config, copy.deepcopy(net).requires_grad_(False) if config.ema_decay is not None else net,
+                      source=source)
+    averaged = list(sampler.net.parameters())
     target = sampler.scaled_energy
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     buffer = None
@@ -487,9 +515,15 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         sampler.buffer = buffer
     n_copies = config.snis_n if config.mode == "iwsm" else 1
     n_groups = config.batch_size // n_copies
+    if n_groups < n_ranks:
+        raise ValueError(f"a batch of {n_groups} (x_0, t) groups cannot be shared by {n_ranks} processes: use a "
+                         f"batch_size of at least {n_ranks * n_copies} or fewer processes")
+    mine = distributed.share(n_groups)  # this rank's groups, and their rows of the batch:
+    rows = slice(mine.start * n_copies, mine.stop * n_copies)
+    n_rows = n_groups * n_copies
     step, stats, elapsed = 0, _new_stats(), 0.0
     if resume and checkpoint is not None and Path(checkpoint).exists():
-        step, stats, elapsed = _resume(sampler, optimizer, g, checkpoint)
+        step, stats, elapsed = _resume(sampler, net, optimizer, g, g_local, checkpoint)
     elif buffer is not None:
         buffer.add(sde.prior_sample(config.samples_per_epoch, space, device=dev, generator=g))
     started = time.perf_counter() - elapsed
@@ -498,8 +532,10 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         epoch, within = divmod(step, config.steps_per_epoch)
         if within == 0 and buffer is not None and epoch > 0:
             net.eval()
-            x = sde.prior_sample(config.samples_per_epoch, space, device=dev, generator=g)
-            buffer.add(reverse_sde(sampler.score_fn(), sde, space, x, config.sample_steps, generator=g))
+            part = distributed.share(config.samples_per_epoch)
+            x = sde.prior_sample(part.stop - part.start, space, device=dev, generator=g_local)
+            x = reverse_sde(sampler.score_fn(), sde, space, x, config.sample_steps, generator=g_local)
+            buffer.add(distributed.gather(x))
         net.train()
         x0 = buffer.sample(n_groups, g) if buffer is not None else \
             sde.prior_sample(n_groups, space, device=dev, generator=g)
@@ -509,30 +545,39 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         sigma = sde.sigma(tr)
         est = estimate_target(target, x_t, sigma, config.n_mc, space, clip=config.target_clip,
                               clip_per_particle=config.clip_per_particle, blend_length=config.blend_length,
-                              generator=g)
+                              generator=g, rows=rows if n_ranks > 1 else None)
         if config.mode == "iwsm":
             log_q = proposal_log_density(x_t, x0, sigma, space)
-            iw = snis_weights(est.log_p, log_q, n_copies if config.snis_normalise == "group" else None)
-            w = iw.weights.float()
+            iw = snis_weights(distributed.gather(est.log_p), log_q,
+                              n_copies if config.snis_normalise == "group" else None)
+            w = iw.weights.float()[rows]
             stats["weight_ess"] += iw.ess_fraction
         else:
             w = est.valid.float()
-        residual = net(x_t, tr) - est.score.float()
-        lam = LOSS_WEIGHTS[config.loss_weight](sigma) + config.loss_floor
-        loss = (w * lam * (residual * residual).sum(-1)).mean()
+        residual = model(x_t[rows], tr[rows]) - est.score.float()
+        lam = LOSS_WEIGHTS[config.loss_weight](sigma[rows]) + config.loss_floor
+        # this rank's rows' sum, scaled so that the mean over ranks (DDP averages gradients) is the batch mean
+        loss = (w * lam * (residual * residual).sum(-1)).sum() * (n_ranks / n_rows)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip)
         if torch.isfinite(grad_norm):
             optimizer.step()
+            if config.ema_decay is not None:
+                with torch.no_grad():
+                    for a, p in zip(averaged, net.parameters()):
+                        a.lerp_(p, 1.0 - config.ema_decay)
         else:  # one non-finite gradient would poison the parameters and Adam's moments for good
             stats["n_skipped"] += 1
-        stats["loss"] += loss.item()
-        stats["inner_ess"] += est.inner_ess.mean().item()
-        stats["n_nonfinite"] += est.n_nonfinite
         step += 1
         elapsed = time.perf_counter() - started
-        out_of_time = config.max_minutes is not None and elapsed > 60 * config.max_minutes
+        loss_sum, ess_sum, n_bad, late = distributed.totals([
+            loss.item() / n_ranks, est.inner_ess.sum().item(), est.n_nonfinite,
+            config.max_minutes is not None and elapsed > 60 * config.max_minutes])
+        stats["loss"] += loss_sum
+        stats["inner_ess"] += ess_sum / n_rows
+        stats["n_nonfinite"] += int(n_bad)
+        out_of_time = late > 0  # on every rank when on any: the ranks stop together
         if step % config.steps_per_epoch == 0 or out_of_time:
             n = within + 1
             entry = {"epoch": epoch, "step": step, "loss": stats["loss"] / n,
@@ -545,15 +590,19 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
             else:
                 stats = _new_stats()
             sampler.history.append(entry)
-            if log is not None:
+            if log is not None and rank == 0:
                 log(entry)
         if checkpoint is not None and (step % checkpoint_every == 0 or step == total or out_of_time):
-            sampler.save(checkpoint, training={"step": step, "stats": stats, "seconds": elapsed,
-                                               "optimizer": optimizer.state_dict(), "generator": g.get_state(),
-                                               "torch_rng": torch.get_rng_state()})
+            local = distributed.gather_objects(g_local.get_state()) if n_ranks > 1 else None
+            if rank == 0:
+                trained = net.state_dict() if net is not sampler.net else None  # the averaged one is "net"
+                sampler.save(checkpoint, training={"step": step, "stats": stats, "seconds": elapsed,
+                                                   "optimizer": optimizer.state_dict(), "generator": g.get_state(),
+                                                   "local_generators": local, "torch_rng": torch.get_rng_state(),
+                                                   "trained_net": trained})
         if out_of_time:
             break
-    net.eval()
+    sampler.net.eval()
     return sampler
 
 
@@ -561,25 +610,38 @@ def _new_stats() -> dict:
     return {"loss": 0.0, "weight_ess": 0.0, "inner_ess": 0.0, "n_nonfinite": 0, "n_skipped": 0}
 
 
-def _resume(sampler: Sampler, optimizer: torch.optim.Optimizer, g: torch.Generator, path) -> tuple[int, dict, float]:
-    """Load a training checkpoint into `sampler`, `optimizer` and `g`; returns (step, stats, seconds)."""
+def _resume(sampler: Sampler, net: torch.nn.Module, optimizer: torch.optim.Optimizer, g: torch.Generator,
+            g_local: torch.Generator, path) -> tuple[int, dict, float]:
+    """Load a training checkpoint into `sampler`, the trained `net` (the sampler's own unless
+    weights are averaged), `optimizer` and the generators (the shared `g`, this rank's
+    `g_local`); returns (step, stats, seconds)."""
     state = read_state(path)
     if state.get("training") is None:
         raise ValueError(f"{path} is a finished sampler, not a training checkpoint: nothing to resume")
     check_compatible(state, sampler.energy, f"checkpoint {path}")
-    saved = {k: v for k, v in state["config"].items() if k not in ("epochs", "max_minutes")}
-    now = {k: v for k, v in dataclasses.asdict(sampler.config).items() if k not in ("epochs", "max_minutes")}
+    local = state["training"].get("local_generators")
+    n_ranks = distributed.world_size()
+    if (len(local) if local is not None else 1) != n_ranks:
+        raise ValueError(f"checkpoint {path} was written by a run of {len(local) if local else 1} process(es); "
+                         f"resume it with the same number (this run has {n_ranks})")
+    free = ("epochs", "max_minutes", "device")  # a run may go on longer, or on another device
+    saved = {k: v for k, v in state["config"].items() if k not in free}
+    now = {k: v for k, v in dataclasses.asdict(sampler.config).items() if k not in free}
     changed = sorted(k for k in now if saved.get(k) != now[k])
     if changed:
         raise ValueError(f"checkpoint {path} was written with another config (differs in {changed}); "
                          "resume with the same settings or start a new run")
     sampler.net.load_state_dict(state["net"])
+    if net is not sampler.net:
+        net.load_state_dict(state["training"]["trained_net"])
     if sampler.buffer is not None:
         sampler.buffer.load_state_dict(state["buffer"])
     sampler.history[:] = [h for h in state["history"] if not h.get("partial")]  # the epoch goes on
     train = state["training"]
     optimizer.load_state_dict(train["optimizer"])
     g.set_state(train["generator"])
+    if local is not None:
+        g_local.set_state(local[distributed.rank()])
     torch.set_rng_state(train["torch_rng"])
     return int(train["step"]), {**_new_stats(), **train["stats"]}, float(train["seconds"])
 

@@ -67,8 +67,10 @@ def test_save_load_roundtrip(tmp_path, trained, small_gmm):
         iwsm_md.load(tmp_path / "bad.pt")
 
 
-def test_resumed_run_matches_an_uninterrupted_one(tmp_path, small_gmm):
-    cfg = {**SMALL, "epochs": 4, "steps_per_epoch": 5, "samples_per_epoch": 64, "sample_steps": 10}
+@pytest.mark.parametrize("ema_decay", [None, 0.9])
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, small_gmm, ema_decay):
+    cfg = {**SMALL, "epochs": 4, "steps_per_epoch": 5, "samples_per_epoch": 64, "sample_steps": 10,
+           "ema_decay": ema_decay}
     straight = iwsm_md.train(small_gmm, **cfg)
     ckpt = tmp_path / "run.pt"
     first = iwsm_md.train(small_gmm, checkpoint=ckpt, checkpoint_every=3, **{**cfg, "epochs": 2})
@@ -83,6 +85,23 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path, small_gmm):
         iwsm_md.train(small_gmm, checkpoint=ckpt, resume=True, **{**cfg, "lr": 1.0})
     with pytest.raises(ValueError, match="checkpoint_every must be positive"):
         iwsm_md.train(small_gmm, checkpoint=ckpt, checkpoint_every=0, **cfg)
+
+
+def test_sampler_weights_are_the_moving_average_of_the_trained_ones(tmp_path, small_gmm):
+    from iwsm_md.training import read_state
+
+    cfg = {**SMALL, "epochs": 1, "steps_per_epoch": 1, "samples_per_epoch": 64, "sample_steps": 10, "ema_decay": 0.75}
+    ckpt = tmp_path / "run.pt"
+    iwsm_md.train(small_gmm, checkpoint=ckpt, **cfg)
+    one = read_state(ckpt)
+    sampler = iwsm_md.train(small_gmm, checkpoint=ckpt, resume=True, **{**cfg, "epochs": 2})
+    two = read_state(ckpt)
+    for name, trained in two["training"]["trained_net"].items():
+        assert not torch.equal(one["net"][name], one["training"]["trained_net"][name])  # averaged, not copied
+        torch.testing.assert_close(two["net"][name], 0.75 * one["net"][name] + 0.25 * trained)
+        assert torch.equal(dict(sampler.net.named_parameters())[name], two["net"][name])  # the sampler's weights
+    with pytest.raises(ValueError, match="ema_decay must lie in"):
+        TrainConfig(ema_decay=1.0)
 
 
 def test_openmm_system_front_door(tmp_path):

@@ -67,20 +67,24 @@ def make_record(key: str, name: str, mode: str, seed: int, row: dict, sampler, c
             "date": datetime.date.today().isoformat(), **extra}
 
 
-def save_record(record: dict, runs: Path, settings: Path, stem: str, samples: np.ndarray | None = None) -> Path:
+def save_record(record: dict, runs: Path, settings: Path, stem: str, samples: np.ndarray | None = None,
+                sampler=None) -> Path:
     """Write `record` as `runs/<stem>.json` (and `samples` as `runs/<stem>-samples.npy`), or, for a
-    tagged run of other settings, as `settings/<stem>-<tag>.json` (no samples). Returns the JSON path."""
+    tagged run of other settings, as `settings/<stem>-<tag>.json` (no samples); the trained `sampler`,
+    if given, beside the JSON as `.pt` (not committed: .gitignore), for later evaluation with
+    `iwsm_md.load`. Returns the JSON path."""
     tag = record.get("tag")
     if tag is None:
         runs.mkdir(parents=True, exist_ok=True)
         path = runs / f"{stem}.json"
-        path.write_text(json.dumps(record, indent=1))
         if samples is not None:
             np.save(runs / f"{stem}-samples.npy", samples)
     else:
         settings.mkdir(parents=True, exist_ok=True)
         path = settings / f"{stem}-{tag}.json"
-        path.write_text(json.dumps(record, indent=1))
+    path.write_text(json.dumps(record, indent=1))
+    if sampler is not None:
+        sampler.save(path.with_suffix(".pt"))
     return path
 
 
@@ -151,14 +155,18 @@ def settings_table(title: str, recs: list[dict], goal: dict, metrics: Sequence[s
     (seconds per gradient step, steps and epochs in the budget) and what it gives."""
     if not recs:
         return []
-    lines = ["", f"### {title}: other settings (one seed each, shorter budgets; ✓ as above)", "",
-             "| tag | mode | changed from the CPU profile | budget (min) | epochs | gradient steps | s / step "
-             "(incl. buffer refills) | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 7) + "|"]
-    for r in sorted(recs, key=lambda r: (r["config"]["max_minutes"], r["tag"], r["mode"])):
-        changed = {k: v for k, v in r["overrides"].items() if profile.get(k) != v} or "—"
+    lines = ["", f"### {title}: other settings (✓ as above)", "",
+             "| tag | mode | seed | changed from the CPU profile | budget (min) | epochs | gradient steps | s / step "
+             "(incl. buffer refills) | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 8) + "|"]
+    for r in sorted(recs, key=lambda r: (r["config"]["max_minutes"], r["tag"], r["mode"], r["seed"])):
+        # the profile's settings this run's config differs in (a key it lacks: None), and any other it set
+        changed = {k: r["config"].get(k) for k in profile if r["config"].get(k) != profile[k]}
+        changed = {**changed, **{k: v for k, v in r["overrides"].items() if k not in profile}} or "—"
         cells = [cell(r["metrics"][m]) + (" ✓" if score(r["metrics"][m]) <= goal[m] else "") for m in metrics]
-        lines.append(f"| {r['tag']} | {r['mode']} | {changed} | {r['config']['max_minutes']:g} | {r['epochs']} | "
+        lines.append(f"| {r['tag']} | {r['mode']} | {r['seed']} | {changed} | {r['config']['max_minutes']:g} | {r['epochs']} | "
                      f"{r['steps']} | {r['train_seconds'] / r['steps']:.3f} | " + " | ".join(cells) + " |")
+    lines += [""] + [f"Conditions of {r['tag']} {r['mode']} seed {r['seed']}: {r['conditions']}." for r in recs
+                     if r.get("conditions")]
     return lines
 
 

@@ -1,7 +1,9 @@
 """GMM-40/80/120 benchmark (paper Table 1): IWSM and iDEM, several seeds, DESIGN.md's protocol.
 
 Each run trains one (target, mode, seed), draws 10,000 samples and scores them against 10,000
-exact samples (W1, W2, E-TVD, S-TVD); its numbers land in benchmarks/results/gmm/*.json as
+exact samples (W1, W2, E-TVD, S-TVD), and estimates log Z (exactly 0) by importance sampling
+with the sampler's probability-flow ODE density; the trained sampler is kept beside its record
+as a `.pt` file (not committed) for later evaluation; its numbers land in benchmarks/results/gmm/*.json as
 soon as it finishes, so the table fills in over several sessions. `--table` (also run after
 every run) rebuilds benchmarks/results/gmm.md from the runs present: each target headed by
 its floor row (two independent exact sets), then mean ± std over seeds per mode, the settings,
@@ -27,7 +29,7 @@ import torch
 import iwsm_md
 from common import (fixed_row, fmt, load_records, make_record, mode_rows, notes, parser, save_record,
                     settings_table, table_header, unmet_and_owed, with_set)
-from iwsm_md import TrainConfig, metrics
+from iwsm_md import TrainConfig, metrics, reweighting
 from iwsm_md.potentials import builtin_energy
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,9 +46,12 @@ PAPER = {"gmm40": {"W1": 1.43, "W2": 3.12, "E-TVD": 0.05, "S-TVD": 0.19},
 METRICS = ("W1", "W2", "E-TVD", "S-TVD")
 # CPU profile: cheaper than the published settings (K=500, 1000 reverse-SDE steps per buffer refill,
 # 1000 epochs), within a wall-time budget; the score estimate blends Eq. 7 with Tweedie's at the
-# width of a mode (blend_length = mode std in the rescaled space), which is what makes K = 20 enough.
-CPU_PROFILE = dict(n_mc=20, steps_per_epoch=100, sample_steps=200, samples_per_epoch=2000, epochs=100_000)
+# width of a mode (blend_length = mode std in the rescaled space), which is what makes K = 20 enough;
+# buffer refills and the evaluated samples use the moving average of the weights (decay 0.999).
+CPU_PROFILE = dict(n_mc=20, steps_per_epoch=100, sample_steps=200, samples_per_epoch=2000, ema_decay=0.999,
+                   epochs=100_000)
 EVAL_STEPS = 1000  # reverse-SDE steps of the 10,000 evaluated samples (the published number)
+N_LOG_Z, LOG_Z_STEPS = 5000, 500  # probability-flow ODE samples and Heun steps of the log Z estimate
 
 
 def exact(target: str, seed: int) -> np.ndarray:
@@ -79,9 +84,38 @@ def run(target: str, mode: str, seed: int, minutes: float, overrides: dict, tag:
     sample_s = time.perf_counter() - t0
     row = metrics.evaluate(x, exact(target, 2000 + seed), energy=builtin_energy(target))
     record = make_record("target", target, mode, seed, row, sampler, config, train_s, sample_s, EVAL_STEPS, tag,
-                         overrides, conditions)
-    save_record(record, RUNS, SETTINGS, f"{target}-{mode}-seed{seed}", x[:2000].astype(np.float32))
+                         overrides, conditions, log_z=log_z(sampler, seed))
+    save_record(record, RUNS, SETTINGS, f"{target}-{mode}-seed{seed}", x[:2000].astype(np.float32), sampler)
     return record
+
+
+def log_z(sampler, seed: int) -> dict:
+    """log Z of the target (exactly 0 for the normalised GMMs) estimated by importance sampling with
+    the sampler's probability-flow ODE density (`Sampler.importance_sample`): value, standard error,
+    Kish ESS, masked samples and wall time."""
+    t0 = time.perf_counter()
+    s = sampler.importance_sample(N_LOG_Z, steps=LOG_Z_STEPS, seed=20_000 + seed)
+    est = reweighting.log_partition(-s.energy, s.log_q)
+    return {"value": est.value, "stderr": est.stderr, "ess": s.ess, "n": N_LOG_Z, "n_masked": s.n_masked,
+            "steps": LOG_Z_STEPS, "exact": sampler.energy.log_z, "seconds": time.perf_counter() - t0}
+
+
+def log_z_lines(recs: list[dict]) -> list[str]:
+    """One line per run that measured log Z: the estimate against the exact value."""
+    recs = [r for r in recs if "log_z" in r]
+    if not recs:
+        return []
+    z = recs[0]["log_z"]
+    lines = ["", f"log Z by importance sampling with the probability-flow ODE's density ({z['n']:,} samples, "
+                 f"{z['steps']} Heun steps; exact value {z['exact']:g}; ✓: within 0.1 of it with a standard error ≤ 0.05):", ""]
+    for r in recs:
+        z = r["log_z"]
+        error = z["value"] - z["exact"]
+        label = f"{r['mode']} seed {r['seed']}" + (f" ({r['tag']})" if r.get("tag") else "")
+        lines.append(f"- {label}: {z['value']:.3f} ± {z['stderr']:.3f} (error {error:+.3f}"
+                     f"{' ✓' if abs(error) <= 0.1 and z['stderr'] <= 0.05 else ''}; ESS {z['ess']:.0f} of {z['n']:,}; {z['n_masked']} masked; "
+                     f"{z['seconds']:.0f} s)")
+    return lines
 
 
 def plot(target: str, records: list[dict]) -> str | None:
@@ -116,9 +150,13 @@ def table() -> None:
              "10,000 exact samples, exact OT for W1/W2, TVDs with overflow bins. Lower is better. A cell's target is "
              "the paper's IWSM number or the floor + 2σ where that is higher; ✓ marks a mean at or below it.", ""]
     records = load_records(RUNS, "gmm*-seed*.json")
+    keys = ("n_mc", "blend_length", "batch_size", "snis_n", "steps_per_epoch", "sample_steps", "samples_per_epoch",
+            "ema_decay", "lr", "loss_weight", "loss_floor", "sigma_min", "sigma_max", "scale", "net", "hidden", "layers",
+            "max_minutes")
     for target in TARGETS:
         recs = [r for r in records if r["target"] == target]
-        if not recs:
+        tagged = load_records(SETTINGS, f"{target}-*.json")
+        if not recs and not tagged:
             lines += [f"## {target.upper()}", "", "No runs yet: all owed.", ""]
             continue
         floor = floor_row(target)
@@ -130,15 +168,15 @@ def table() -> None:
         lines += mode_rows(recs, MODES, METRICS, goal)
         lines += ["", *unmet_and_owed(recs, MODES, SEEDS, METRICS, goal)]
         if recs:
-            keys = ("n_mc", "blend_length", "batch_size", "snis_n", "steps_per_epoch", "sample_steps",
-                    "samples_per_epoch", "lr", "loss_weight", "loss_floor", "sigma_min", "sigma_max", "scale", "net",
-                    "hidden", "layers", "max_minutes")
             lines += notes(recs, keys, f"evaluated samples drawn with {recs[0].get('eval_steps', EVAL_STEPS)} "
                                        "reverse-SDE steps")
             png = plot(target, recs)
             if png:
                 lines += ["", f"![{target} samples]({png})"]
-        lines += settings_table(target.upper(), load_records(SETTINGS, f"{target}-*.json"), goal, METRICS, CPU_PROFILE)
+        else:
+            lines += ["", f"CPU profile: {CPU_PROFILE}, blend_length = mode std / scale."]
+        lines += log_z_lines(recs + tagged)
+        lines += settings_table(target.upper(), tagged, goal, METRICS, CPU_PROFILE)
         lines.append("")
     (RESULTS / "gmm.md").write_text("\n".join(lines))
 

@@ -143,7 +143,7 @@ def run(system: str, mode: str, seed: int, minutes: float, overrides: dict, resu
     record = make_record("system", system, mode, seed, row, sampler, config, train_s, sample_s, config.sample_steps,
                          tag, overrides, conditions, n_samples=n, draws=DRAWS, reference=refs["description"])
     runs = results / "particles"
-    save_record(record, runs, runs / "settings", f"{system}-{mode}-seed{seed}", x[:N_EVAL].astype(np.float32))
+    save_record(record, runs, runs / "settings", f"{system}-{mode}-seed{seed}", x[:N_EVAL].astype(np.float32), sampler)
     return record
 
 

@@ -57,21 +57,21 @@ def init_from_env(device: str) -> str:
     return device
 
 
-def share(n: int) -> slice:
-    """This rank's contiguous share of `n` items: the first `n % world_size` ranks take one more."""
-    w, r = world_size(), rank()
+def share(n: int, of_rank: int | None = None) -> slice:
+    """The contiguous share of `n` items of this rank (or of rank `of_rank`): the first
+    `n % world_size` ranks take one more."""
+    w, r = world_size(), rank() if of_rank is None else of_rank
     base, extra = divmod(n, w)
     start = r * base + min(r, extra)
     return slice(start, start + base + (r < extra))
 
 
-def gather(x: Tensor) -> Tensor:
-    """Concatenate every rank's `x` (same trailing shape, any length) along dim 0, in rank order."""
+def gather(x: Tensor, n: int) -> Tensor:
+    """Concatenate every rank's `x`, its `share(n)` of `n` rows (same trailing shape), along dim 0
+    in rank order: the `n` rows of the whole."""
     if not active():
         return x
-    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(world_size())]
-    dist.all_gather(sizes, torch.tensor([x.shape[0]], device=x.device))
-    sizes = [int(s) for s in sizes]
+    sizes = [share(n, r).stop - share(n, r).start for r in range(world_size())]
     padded = x.new_zeros((max(sizes), *x.shape[1:]))
     padded[:x.shape[0]] = x
     parts = [torch.empty_like(padded) for _ in sizes]

@@ -535,7 +535,7 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
             part = distributed.share(config.samples_per_epoch)
             x = sde.prior_sample(part.stop - part.start, space, device=dev, generator=g_local)
             x = reverse_sde(sampler.score_fn(), sde, space, x, config.sample_steps, generator=g_local)
-            buffer.add(distributed.gather(x))
+            buffer.add(distributed.gather(x, config.samples_per_epoch))
         net.train()
         x0 = buffer.sample(n_groups, g) if buffer is not None else \
             sde.prior_sample(n_groups, space, device=dev, generator=g)
@@ -545,11 +545,11 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         sigma = sde.sigma(tr)
         est = estimate_target(target, x_t, sigma, config.n_mc, space, clip=config.target_clip,
                               clip_per_particle=config.clip_per_particle, blend_length=config.blend_length,
-                              generator=g, rows=rows if n_ranks > 1 else None)
+                              generator=g, rows=rows)
         if config.mode == "iwsm":
             log_q = proposal_log_density(x_t, x0, sigma, space)
-            iw = snis_weights(distributed.gather(est.log_p), log_q,
-                              n_copies if config.snis_normalise == "group" else None)
+            log_p = distributed.gather(est.log_p.reshape(-1, n_copies), n_groups).reshape(-1)  # by (x_0, t) groups
+            iw = snis_weights(log_p, log_q, n_copies if config.snis_normalise == "group" else None)
             w = iw.weights.float()[rows]
             stats["weight_ess"] += iw.ess_fraction
         else:

@@ -37,7 +37,9 @@ def hardware() -> str:
 
 
 def fmt(mean: float, std: float | None = None, digits: int = 3) -> str:
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    """`mean` (± `std`) with `digits` decimals; in scientific notation from 1e5 on (a diverged run)."""
+    kind = "e" if abs(mean) >= 1e5 else "f"
+    return f"{mean:.{digits}{kind}}" if std is None else f"{mean:.{digits}{kind}} ± {std:.{digits}{kind}}"
 
 
 def score(value: Any) -> float:
@@ -59,10 +61,11 @@ def make_record(key: str, name: str, mode: str, seed: int, row: dict, sampler, c
                 **extra: Any) -> dict:
     """The JSON record of one run: `key` names the system field ("target" for GMM, "system" for
     particles), `row` its metrics; `extra` fields (e.g. the reference set) go at the end."""
+    final = sampler.history[-1] if sampler.history else None  # none in `direct` mode (nothing is trained)
     return {key: name, "mode": mode, "seed": seed, "metrics": row, "train_seconds": train_s,
             "sample_seconds": sample_s, "eval_steps": eval_steps, "epochs": len(sampler.history),
-            "final": sampler.history[-1], "config": {k: v for k, v in vars(config).items()},
-            "steps": sampler.history[-1]["step"],
+            "final": final, "config": {k: v for k, v in vars(config).items()},
+            "steps": final["step"] if final else 0,
             "tag": tag, "overrides": overrides, "conditions": conditions, "hardware": hardware(),
             "date": datetime.date.today().isoformat(), **extra}
 
@@ -157,14 +160,16 @@ def settings_table(title: str, recs: list[dict], goal: dict, metrics: Sequence[s
         return []
     lines = ["", f"### {title}: other settings (✓ as above)", "",
              "| tag | mode | seed | changed from the CPU profile | budget (min) | epochs | gradient steps | s / step "
-             "(incl. buffer refills) | " + " | ".join(metrics) + " |", "|---" * (len(metrics) + 8) + "|"]
+             "(incl. buffer refills) | sampling the evaluated set (s) | " + " | ".join(metrics) + " |",
+             "|---" * (len(metrics) + 9) + "|"]
     for r in sorted(recs, key=lambda r: (r["config"]["max_minutes"], r["tag"], r["mode"], r["seed"])):
         # the profile's settings this run's config differs in (a key it lacks: None), and any other it set
         changed = {k: r["config"].get(k) for k in profile if r["config"].get(k) != profile[k]}
         changed = {**changed, **{k: v for k, v in r["overrides"].items() if k not in profile}} or "—"
         cells = [cell(r["metrics"][m]) + (" ✓" if score(r["metrics"][m]) <= goal[m] else "") for m in metrics]
+        per_step = f"{r['train_seconds'] / r['steps']:.3f}" if r["steps"] else "– (no training)"
         lines.append(f"| {r['tag']} | {r['mode']} | {r['seed']} | {changed} | {r['config']['max_minutes']:g} | {r['epochs']} | "
-                     f"{r['steps']} | {r['train_seconds'] / r['steps']:.3f} | " + " | ".join(cells) + " |")
+                     f"{r['steps']} | {per_step} | {r['sample_seconds']:.0f} | " + " | ".join(cells) + " |")
     lines += [""] + [f"Conditions of {r['tag']} {r['mode']} seed {r['seed']}: {r['conditions']}." for r in recs
                      if r.get("conditions")]
     return lines

@@ -422,7 +422,8 @@ def floor(sample_a: Any, sample_b: Any, n: int | None = None, draws: int = 5, se
     a, b = _rows(sample_a, "sample_a"), _rows(sample_b, "sample_b")
     shared = np.intersect1d(_row_keys(a), _row_keys(b)).size
     if shared:
-        warnings.warn(f"the floor's two sets share {shared} distinct rows: they are not independent", stacklevel=2)
+        warnings.warn(f"the two sets given to floor() share {shared} distinct rows: they are not independent",
+                      stacklevel=2)
     if n is None:
         return evaluate(a, b, **kw)
     return repeated(a, b, n, draws=draws, seed=seed, **kw)

@@ -138,9 +138,32 @@ def unmet_and_owed(recs: list[dict], modes: Sequence[str], seeds: Sequence[int],
                  if any(r["mode"] == mode for r in recs)
                  and np.mean([score(r["metrics"][m]) for r in recs if r["mode"] == mode]) > goal[m]]
         lines = ["Targets not reached: " + (", ".join(unmet) if unmet else "none") + "."]
+        lines += versus(recs, metrics)
     owed = [f"{mode} seed {s}" for mode in modes for s in seeds
             if not any(r["mode"] == mode and r["seed"] == s for r in recs)]
     return lines + ["Runs owed: " + (", ".join(owed) if owed else "none") + "."]
+
+
+def versus(recs: list[dict], metrics: Sequence[str], mode: str = "iwsm", other: str = "idem") -> list[str]:
+    """The line saying in which metrics `mode`'s mean over its seeds is below `other`'s (none
+    unless both ran)."""
+    means = {m: {k: np.mean([score(r["metrics"][k]) for r in recs if r["mode"] == m]) for k in metrics}
+             for m in (mode, other) if any(r["mode"] == m for r in recs)}
+    if len(means) < 2:
+        return []
+    below = [k for k in metrics if means[mode][k] < means[other][k]]
+    rest = [f"{k} ({means[mode][k]:.3f} against {means[other][k]:.3f})" for k in metrics if k not in below]
+    return [f"{mode} below {other} (means over the seeds each ran): " + (", ".join(below) or "none")
+            + ("; not below: " + ", ".join(rest) if rest else "") + "."]
+
+
+def hardware_of(recs: list[dict]) -> str:
+    """The hardware the runs `recs` ran on; which run ran where when that is more than one machine."""
+    machines = list(dict.fromkeys(r["hardware"] for r in recs))
+    if len(machines) == 1:
+        return machines[0]
+    runs = {h: ", ".join(f"{r['mode']} seed {r['seed']}" for r in recs if r["hardware"] == h) for h in machines}
+    return "; ".join(f"{h} ({runs[h]})" for h in machines)
 
 
 def notes(recs: list[dict], keys: Sequence[str], sampling: str) -> list[str]:
@@ -149,7 +172,7 @@ def notes(recs: list[dict], keys: Sequence[str], sampling: str) -> list[str]:
     cfg = recs[0]["config"]
     lines = ["", "Settings: " + ", ".join(f"{k}={cfg[k]}" for k in keys)
              + f"; epochs run: {', '.join(str(r['epochs']) for r in recs)}; " + sampling + ".",
-             f"Hardware: {recs[0]['hardware']}."]
+             "Hardware: " + hardware_of(recs) + "."]
     return lines + [f"Conditions of {r['mode']} seed {r['seed']}: {r['conditions']}." for r in recs if r.get("conditions")]
 
 

@@ -60,14 +60,16 @@ PROJECT = {s: REPO / "data" / "reference" / f"{s}.npz" for s in SYSTEMS}
 # CPU profiles: much cheaper than the published settings (K = 1000 / 100, 1000 reverse-SDE steps per
 # buffer refill, EGNN 128 wide with 3 or 5 layers, batch 512 / 128), trained within a wall-time budget.
 CPU_PROFILES = {
-    "dw4": dict(n_mc=100, steps_per_epoch=50, sample_steps=100, samples_per_epoch=500, hidden=64, epochs=100_000),
+    "dw4": dict(n_mc=100, steps_per_epoch=50, sample_steps=100, samples_per_epoch=500, hidden=64, epochs=100_000,
+                ema_decay=0.999, blend_length=0.25),
     "lj13": dict(n_mc=50, batch_size=128, steps_per_epoch=25, sample_steps=100, samples_per_epoch=256, hidden=64,
                  layers=3, epochs=100_000),
     "lj55": dict(n_mc=20, batch_size=32, steps_per_epoch=10, sample_steps=50, samples_per_epoch=64, hidden=32,
                  layers=3, epochs=100_000),
 }
 KEYS = ("n_mc", "batch_size", "snis_n", "steps_per_epoch", "sample_steps", "samples_per_epoch", "lr",
-        "loss_weight", "loss_floor", "sigma_min", "sigma_max", "target_clip", "net", "hidden", "layers", "max_minutes")
+        "loss_weight", "loss_floor", "sigma_min", "sigma_max", "target_clip", "ema_decay", "blend_length", "net", "hidden",
+        "layers", "max_minutes")
 
 
 def _project_set(system: str) -> np.ndarray | None:

@@ -162,7 +162,7 @@ def _axes(ax: Axes | None) -> Axes:
 
 def _draw(ax: Axes, h: HistogramComparison, metric: str, label: str, reference_label: str) -> Figure:
     outside = h.below + h.above
-    note = f" ({100 * outside:.2g}% outside the reference range)" if outside else ""
+    note = f" ({100 * outside:.3g}% outside the reference range)" if outside else ""
     ax.stairs(h.reference_density, h.edges, color="0.3", lw=1.5, label=reference_label)
     ax.stairs(h.density, h.edges, fill=True, alpha=0.5, color="C0", label=label + note)
     ax.set_title(f"{metric} = {h.tvd:.3f}")

@@ -134,9 +134,8 @@ def unmet_and_owed(recs: list[dict], modes: Sequence[str], seeds: Sequence[int],
     if goal is None or not recs:
         lines = ["Targets not reached: – (no " + ("runs" if goal is not None else "targets") + " yet)."]
     else:
-        unmet = [f"{mode} {m}" for mode in modes for m in metrics
-                 if any(r["mode"] == mode for r in recs)
-                 and np.mean([score(r["metrics"][m]) for r in recs if r["mode"] == mode]) > goal[m]]
+        means = {mode: mode_means(recs, mode, metrics) for mode in modes if any(r["mode"] == mode for r in recs)}
+        unmet = [f"{mode} {m}" for mode in means for m in metrics if means[mode][m] > goal[m]]
         lines = ["Targets not reached: " + (", ".join(unmet) if unmet else "none") + "."]
         lines += versus(recs, metrics)
     owed = [f"{mode} seed {s}" for mode in modes for s in seeds
@@ -144,11 +143,15 @@ def unmet_and_owed(recs: list[dict], modes: Sequence[str], seeds: Sequence[int],
     return lines + ["Runs owed: " + (", ".join(owed) if owed else "none") + "."]
 
 
+def mode_means(recs: list[dict], mode: str, metrics: Sequence[str]) -> dict:
+    """`{metric: mean over the seeds}` of `mode`'s runs among `recs` (it must have at least one)."""
+    return {m: float(np.mean([score(r["metrics"][m]) for r in recs if r["mode"] == mode])) for m in metrics}
+
+
 def versus(recs: list[dict], metrics: Sequence[str], mode: str = "iwsm", other: str = "idem") -> list[str]:
     """The line saying in which metrics `mode`'s mean over its seeds is below `other`'s (none
     unless both ran)."""
-    means = {m: {k: np.mean([score(r["metrics"][k]) for r in recs if r["mode"] == m]) for k in metrics}
-             for m in (mode, other) if any(r["mode"] == m for r in recs)}
+    means = {m: mode_means(recs, m, metrics) for m in (mode, other) if any(r["mode"] == m for r in recs)}
     if len(means) < 2:
         return []
     below = [k for k in metrics if means[mode][k] < means[other][k]]

@@ -47,9 +47,9 @@ import torch
 
 import iwsm_md
 from common import cpu_name, fmt, hardware
-from iwsm_md import mcmc, metrics
+from iwsm_md import mcmc
 from iwsm_md.potentials.openmm_systems import REDUCED_TEMPERATURE, lj_cluster
-from particles import METRICS, REFERENCE_DIR, floor_row, references, score, targets
+from particles import METRICS, REFERENCE_DIR, centred, floor_row, references, score, targets
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "data"))
@@ -69,7 +69,7 @@ def machine_key() -> str:
 
 def quality(x: np.ndarray, refs: dict) -> dict:
     """`{metric: [mean, std]}` of configurations `x` `(n, 165)` against the reference set, centred."""
-    return score("lj55", metrics.centre(x, 55, 3), refs["ref"])
+    return score("lj55", centred("lj55", x), refs["ref"])
 
 
 # ---------------------------------------------------------------------------------------------

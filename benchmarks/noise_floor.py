@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from common import fmt, hardware
-from iwsm_md import TrainConfig, metrics
-from iwsm_md.potentials import builtin_energy
-from particles import LABELS, METRICS, REFERENCE_DIR, RESULTS, SYSTEMS, floor_row, references, score, targets
+from iwsm_md import TrainConfig
+from particles import LABELS, METRICS, REFERENCE_DIR, RESULTS, SYSTEMS, centred, floor_row, references, score, targets
 
 SIGMAS = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.5)
 
@@ -27,7 +26,6 @@ SIGMAS = (0.0, 0.001, 0.01, 0.02, 0.05, 0.1, 0.5)
 def noisy_rows(system: str, sigmas, reference_dir: Path) -> list[str]:
     """The table rows of `system`: one per sigma, plus the targets row."""
     refs = references(system, reference_dir)
-    energy = builtin_energy(system)
     _, exact, ref = refs["floor"]
     published = TrainConfig.published(system).sigma_min
     goal = targets(system, floor_row(system, refs, RESULTS / "particles"))
@@ -36,7 +34,7 @@ def noisy_rows(system: str, sigmas, reference_dir: Path) -> list[str]:
              "|---" * (1 + len(METRICS)) + "|",
              "| target (particles.md) | " + " | ".join(fmt(goal[m]) for m in METRICS) + " |"]
     for s in sigmas:
-        x = metrics.centre(exact + s * rng.standard_normal(exact.shape), energy.n_particles, energy.spatial_dim)
+        x = centred(system, exact + s * rng.standard_normal(exact.shape))
         row = score(system, x, ref)
         label = f"{s:g}" + (" (the published σ_min)" if s == published else "")
         lines.append(f"| {label} | " + " | ".join(fmt(*row[m]) + (" ✓" if row[m][0] <= goal[m] else "")

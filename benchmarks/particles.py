@@ -9,8 +9,8 @@ missing, LJ-55 runs are refused and its rows say "reference set owed"). A run's 
 <results>/particles/*.json as soon as it finishes, so the table fills in over several sessions.
 `--table` (also run after every run) rebuilds <results>/particles.md from the runs present: each
 system headed by its floor row (exact samples scored against the reference the same way) and
-rows beside it (`references`), the paper's numbers and the targets, then mean ± std over seeds per mode, the settings, wall times and
-hardware, the runs still owed, and a PNG of the energy and pair-distance histograms.
+rows beside it (`references`), the paper's numbers and the targets, then mean ± std over seeds per
+mode, the settings, wall times and hardware, the runs still owed, and a PNG of the energy and pair-distance histograms.
 
     python3 benchmarks/particles.py --systems dw4 --modes iwsm idem --seeds 0 1 2
     python3 benchmarks/particles.py --table
@@ -72,13 +72,16 @@ KEYS = ("n_mc", "batch_size", "snis_n", "steps_per_epoch", "sample_steps", "samp
         "layers", "max_minutes")
 
 
+def centred(system: str, x) -> np.ndarray:
+    """Configurations `x` `(n, dim)` of `system` with each one's centre of mass at the origin, float64."""
+    energy = builtin_energy(system)
+    return metrics.centre(x, energy.n_particles, energy.spatial_dim)
+
+
 def _project_set(system: str) -> np.ndarray | None:
     """The project's exact reference set of `system`, centred `(n, dim)` float64 (None while missing)."""
     path = PROJECT[system]
-    if not path.exists():
-        return None
-    energy = builtin_energy(system)
-    return metrics.centre(np.load(path)["positions"].astype(np.float64), energy.n_particles, energy.spatial_dim)
+    return centred(system, np.load(path)["positions"]) if path.exists() else None
 
 
 def references(system: str, reference_dir: Path) -> dict | None:
@@ -91,7 +94,6 @@ def references(system: str, reference_dir: Path) -> dict | None:
     being closer to the Boltzmann distribution: the two published sets share rows, and DW-4's share an
     off-equilibrium slow coordinate and a non-uniform orientation (see `orientation_bias`), which no
     rotation-invariant sampler reproduces. LJ-55 has only the project's set: two random halves."""
-    energy = builtin_energy(system)
     own = _project_set(system)
     if own is None:
         return None
@@ -101,7 +103,7 @@ def references(system: str, reference_dir: Path) -> dict | None:
     halves = ("two random halves of the project's exact set", a, b)
     if system in PUBLISHED:
         val, test = PUBLISHED[system]
-        ref, v = (metrics.centre(np.load(reference_dir / f), energy.n_particles, energy.spatial_dim) for f in (test, val))
+        ref, v = (centred(system, np.load(reference_dir / f)) for f in (test, val))
         tag = test.split("_")[0]
         return {"ref": ref, "description": f"published {test} ({len(ref)} rows)",
                 "floor": (f"exact samples ({own_name}) vs published {tag}", own, ref),
@@ -169,8 +171,7 @@ def run(system: str, mode: str, seed: int, minutes: float, overrides: dict, resu
     t0 = time.perf_counter()
     x = sampler.sample(n, seed=10_000 + seed).double().numpy()
     sample_s = time.perf_counter() - t0
-    energy = builtin_energy(system)
-    row = score(system, metrics.centre(x, energy.n_particles, energy.spatial_dim), refs["ref"])
+    row = score(system, centred(system, x), refs["ref"])
     record = make_record("system", system, mode, seed, row, sampler, config, train_s, sample_s, config.sample_steps,
                          tag, overrides, conditions, n_samples=n, draws=DRAWS, reference=refs["description"])
     runs = results / "particles"
@@ -199,7 +200,7 @@ def plot(system: str, records: list[dict], ref: np.ndarray, results: Path) -> st
     for (ax_e, ax_d), mode in zip(axes, modes):
         r = min((r for r in shown if r["mode"] == mode), key=lambda r: r["seed"])
         x = np.load(runs / f"{system}-{mode}-seed{r['seed']}-samples.npy")
-        x = metrics.centre(x, energy.n_particles, energy.spatial_dim)
+        x = centred(system, x)
         y = ref[np.random.default_rng(0).choice(len(ref), min(len(x), len(ref)), replace=False)]
         label, ref_label = f"{mode} seed {r['seed']} ({len(x)} samples)", f"reference ({len(y)} rows)"
         plot_energy(metrics.energies(energy, x), metrics.energies(energy, y), ax=ax_e, label=label,

@@ -30,7 +30,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from iwsm_md.metrics import _bin_index, _ceil_root, _to_numpy, histogram_tvd, pair_distances
+from iwsm_md.metrics import as_float64, bin_index, ceil_root, histogram_tvd, pair_distances
 
 __all__ = [
     "HistogramComparison",
@@ -87,13 +87,13 @@ class RadialDistribution:
 
 
 def _fractions(values: np.ndarray, lo: float, hi: float, n_bins: int) -> np.ndarray:
-    """`(n_bins + 2,)` fraction of `values` in each cell of `metrics._bin_index`."""
-    return np.bincount(_bin_index(values, lo, hi, n_bins), minlength=n_bins + 2) / values.size
+    """`(n_bins + 2,)` fraction of `values` in each cell of `metrics.bin_index`."""
+    return np.bincount(bin_index(values, lo, hi, n_bins), minlength=n_bins + 2) / values.size
 
 
 def _compare(values: Any, reference: Any, n_bins: int) -> HistogramComparison:
     """Histograms of `values` and `reference` (any shapes, flattened) on `n_bins` reference bins."""
-    v, ref = _to_numpy(values).ravel(), _to_numpy(reference).ravel()
+    v, ref = as_float64(values).ravel(), as_float64(reference).ravel()
     tvd = histogram_tvd(v, ref, n_bins=n_bins)  # validates both (non-empty, finite reference)
     lo, hi = float(ref.min()), float(ref.max())
     edges = np.linspace(lo, hi, n_bins + 1)
@@ -109,8 +109,8 @@ def energy_histogram(energy_values: Any, reference_values: Any, n_bins: int | No
     Get the energies with `metrics.energies(energy, x)`; NaN/inf sample energies count in the
     upper overflow bin. `tvd` equals `metrics.energy_tvd(energy, x, x_ref)` for default bins.
     """
-    ref = _to_numpy(reference_values).ravel()
-    return _compare(energy_values, ref, _ceil_root(ref.size, 2) if n_bins is None else int(n_bins))
+    ref = as_float64(reference_values).ravel()
+    return _compare(energy_values, ref, ceil_root(ref.size, 2) if n_bins is None else int(n_bins))
 
 
 def pair_distance_histogram(samples: Any, reference: Any, n_particles: int, spatial_dim: int,
@@ -123,7 +123,7 @@ def pair_distance_histogram(samples: Any, reference: Any, n_particles: int, spat
     equals `metrics.distance_tvd(samples, reference, n_particles, spatial_dim)`.
     """
     d_ref = pair_distances(reference, n_particles, spatial_dim)
-    n_bins = _ceil_root(d_ref.shape[0], 2) if n_bins is None else int(n_bins)
+    n_bins = ceil_root(d_ref.shape[0], 2) if n_bins is None else int(n_bins)
     return _compare(pair_distances(samples, n_particles, spatial_dim), d_ref, n_bins)
 
 

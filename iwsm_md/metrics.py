@@ -44,6 +44,9 @@ __all__ = [
     "w1",
     "w2",
     "histogram_tvd",
+    "bin_index",
+    "ceil_root",
+    "as_float64",
     "energies",
     "energy_tvd",
     "pair_distances",
@@ -60,7 +63,8 @@ __all__ = [
 # input handling
 
 
-def _to_numpy(x: Any) -> np.ndarray:
+def as_float64(x: Any) -> np.ndarray:
+    """`x` (tensor on any device, array or nested sequence) as a float64 numpy array, same shape."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     return np.asarray(x, dtype=np.float64)
@@ -68,7 +72,7 @@ def _to_numpy(x: Any) -> np.ndarray:
 
 def _rows(x: Any, name: str = "x") -> np.ndarray:
     """`x` as a float64 `(n, dim)` array: `(n,)` becomes `(n, 1)`, `(n, a, b, ...)` is flattened."""
-    arr = _to_numpy(x)
+    arr = as_float64(x)
     if arr.ndim == 0:
         raise ValueError(f"{name} must hold configurations, got a scalar")
     if arr.ndim == 1:
@@ -163,7 +167,7 @@ def w2(x: Any, y: Any) -> float:
 # histograms
 
 
-def _ceil_root(n: int, k: int) -> int:
+def ceil_root(n: int, k: int) -> int:
     """Smallest integer b >= 1 with b**k >= n (exact integer ceil of the k-th root)."""
     b = max(1, int(round(n ** (1.0 / k))))
     while b**k < n:
@@ -173,7 +177,7 @@ def _ceil_root(n: int, k: int) -> int:
     return b
 
 
-def _bin_index(v: np.ndarray, lo: float, hi: float, n_bins: int) -> np.ndarray:
+def bin_index(v: np.ndarray, lo: float, hi: float, n_bins: int) -> np.ndarray:
     """Bin of each value of `v` among `n_bins + 2`: 0 = below `lo` or −inf, 1..n_bins = equal-width
     bins over `[lo, hi]` (both ends included), `n_bins + 1` = above `hi`, +inf or NaN."""
     idx = np.full(v.shape, n_bins + 1, dtype=np.int64)  # NaN stays in the upper overflow bin
@@ -207,16 +211,16 @@ def histogram_tvd(a: Any, b_ref: Any, n_bins: int | None = None) -> float:
     has none there). −inf lands in the lower overflow bin, +inf and NaN in the upper one: never
     dropped. Returns a float in [0, 1] (dimensionless).
     """
-    a = _to_numpy(a).ravel()
-    ref = _to_numpy(b_ref).ravel()
+    a = as_float64(a).ravel()
+    ref = as_float64(b_ref).ravel()
     if a.size == 0 or ref.size == 0:
         raise ValueError("histogram_tvd needs non-empty sets")
     _check_reference(ref[:, None], "reference value")
-    k = _ceil_root(ref.size, 2) if n_bins is None else int(n_bins)
+    k = ceil_root(ref.size, 2) if n_bins is None else int(n_bins)
     if k < 1:
         raise ValueError(f"n_bins must be positive, got {n_bins}")
     lo, hi = float(ref.min()), float(ref.max())
-    return _tvd_of_indices(_bin_index(a, lo, hi, k), _bin_index(ref, lo, hi, k), k + 2)
+    return _tvd_of_indices(bin_index(a, lo, hi, k), bin_index(ref, lo, hi, k), k + 2)
 
 
 def sample_tvd(x: Any, x_ref: Any, n_bins: int | None = None) -> float:
@@ -232,12 +236,12 @@ def sample_tvd(x: Any, x_ref: Any, n_bins: int | None = None) -> float:
     if x.shape[1] != 2 or ref.shape[1] != 2:
         raise ValueError(f"S-TVD is defined for 2-D samples only, got dims {x.shape[1]} and {ref.shape[1]}")
     _check_reference(ref)
-    k = _ceil_root(ref.shape[0], 4) if n_bins is None else int(n_bins)
+    k = ceil_root(ref.shape[0], 4) if n_bins is None else int(n_bins)
     if k < 1:
         raise ValueError(f"n_bins must be positive, got {n_bins}")
 
     def cells(v: np.ndarray) -> np.ndarray:
-        i = [_bin_index(v[:, d], float(ref[:, d].min()), float(ref[:, d].max()), k) for d in range(2)]
+        i = [bin_index(v[:, d], float(ref[:, d].min()), float(ref[:, d].max()), k) for d in range(2)]
         return i[0] * (k + 2) + i[1]
 
     return _tvd_of_indices(cells(x), cells(ref), (k + 2) ** 2)
@@ -302,7 +306,7 @@ def distance_tvd(x: Any, x_ref: Any, n_particles: int, spatial_dim: int) -> floa
     """
     d = pair_distances(x, n_particles, spatial_dim)
     d_ref = pair_distances(x_ref, n_particles, spatial_dim)
-    return histogram_tvd(d, d_ref, n_bins=_ceil_root(d_ref.shape[0], 2))
+    return histogram_tvd(d, d_ref, n_bins=ceil_root(d_ref.shape[0], 2))
 
 
 def centre(x: Any, n_particles: int, spatial_dim: int) -> np.ndarray:

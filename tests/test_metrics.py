@@ -147,8 +147,8 @@ def test_histogram_bin_count():
     assert histogram_tvd(np.full(100, 0.095), REF) == pytest.approx(0.9, abs=1e-12)
     assert histogram_tvd(np.full(100, 0.095), REF, n_bins=11) != pytest.approx(0.9, abs=1e-3)
     for n in list(range(1, 300)) + [10**4, 10**4 + 1, 10**8, 10**8 - 1]:
-        assert metrics._ceil_root(n, 2) == math.isqrt(n - 1) + 1
-        k = metrics._ceil_root(n, 4)
+        assert metrics.ceil_root(n, 2) == math.isqrt(n - 1) + 1
+        k = metrics.ceil_root(n, 4)
         assert k**4 >= n and (k == 1 or (k - 1) ** 4 < n)
 
 

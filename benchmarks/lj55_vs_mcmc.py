@@ -20,7 +20,7 @@ every row) rebuilds <results>/lj55_vs_mcmc.md, one table per machine:
 
 Quality: each row's configurations (centred) are scored exactly as in benchmarks/particles.py
 (2000 vs 2000 rows against the project's reference set `data/reference/lj55.npz`, 5 draws): W1,
-W2, E-TVD, D-TVD, beside the floor row (two halves of the reference set) and the targets there.
+W2, E-TVD, D-TVD, beside the floor row (two halves of the reference set, split by chain) and the targets there.
 Time per effective sample = wall / n_effective; a row counts as "equal quality" when its E-TVD
 and D-TVD meet particles.py's LJ-55 targets.
 
@@ -198,7 +198,7 @@ def table(results: Path, reference_dir: Path) -> Path:
         lines += [f"## {rows[next(iter(rows))]['hardware']}", "",
                   "| row | wall (s) | n_eff | time per effective sample (ms) | time for 10^4 effective (min) | "
                   + " | ".join(METRICS) + " |", "|---" * (5 + len(METRICS)) + "|",
-                  "| floor: two halves of the reference set | – | – | – | – | "
+                  f"| floor: {floor['sets']} | – | – | – | – | "
                   + " | ".join(fmt(*floor[k]) for k in METRICS) + " |",
                   "| target | – | – | – | – | " + " | ".join(fmt(goal[k]) for k in METRICS) + " |"]
         per_eff, equal = {}, {}

@@ -63,7 +63,7 @@ CPU_PROFILES = {
     "dw4": dict(n_mc=100, steps_per_epoch=50, sample_steps=100, samples_per_epoch=500, hidden=64, epochs=100_000,
                 ema_decay=0.999, blend_length=0.25),
     "lj13": dict(n_mc=50, batch_size=128, steps_per_epoch=25, sample_steps=100, samples_per_epoch=256, hidden=64,
-                 layers=3, epochs=100_000),
+                 layers=3, epochs=100_000, ema_decay=0.999),
     "lj55": dict(n_mc=20, batch_size=32, steps_per_epoch=10, sample_steps=50, samples_per_epoch=64, hidden=32,
                  layers=3, epochs=100_000),
 }

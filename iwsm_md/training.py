@@ -34,6 +34,7 @@ from iwsm_md import distributed
 from iwsm_md.buffer import ReplayBuffer
 from iwsm_md.energies.base import Energy, ScaledEnergy
 from iwsm_md.estimators import estimate_target, proposal_log_density, snis_weights
+from iwsm_md.force_prior import ForcePrior
 from iwsm_md.nets import EGNNScore, MLPScore, NoiseScaled
 from iwsm_md.reweighting import ImportanceSample, importance_weights
 from iwsm_md.sampling import log_prob, probability_flow, reverse_sde, sample_with_log_prob
@@ -68,6 +69,7 @@ class TrainConfig:
     target_clip: float | None = None
     clip_per_particle: bool = True
     blend_length: float | None = None  # well width L (scaled units): blend Eq. 7 with Tweedie (estimators.py)
+    force_prior: bool = False  # score = L²/(L²+σ²) · clipped force + net (force_prior.py); needs blend_length
     snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
     snis_normalise: str = "group"  # "group": over each (x_0, t)'s copies; "batch": over the batch
     buffer_capacity: int = 10_000
@@ -103,6 +105,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (0 < value < math.inf):
                 raise ValueError(f"{name} must be positive and finite, got {value}")
+        if self.force_prior and self.blend_length is None:
+            raise ValueError("force_prior needs blend_length, the well width L that scales the force "
+                             "(a = L²/(L²+σ²)): set blend_length")
+        if self.force_prior and self.mode == "direct":
+            raise ValueError("force_prior adds the force to a network's score; mode 'direct' has no network")
         if self.ema_decay is not None and not (0 < self.ema_decay < 1):
             raise ValueError(f"ema_decay must lie in (0, 1) (or be None: no averaging), got {self.ema_decay}")
         for name in ("grad_clip", "target_clip", "max_minutes"):  # positive; inf: no limit
@@ -240,19 +247,35 @@ class Sampler:
     def scaled_energy(self) -> Energy:
         return ScaledEnergy(self.energy, self.config.scale) if self.config.scale != 1.0 else self.energy
 
+    @property
+    def force_prior(self) -> ForcePrior | None:
+        """The force part of the score (`config.force_prior`), in scaled coordinates, or None."""
+        cfg = self.config
+        if not cfg.force_prior:
+            return None
+        return ForcePrior(self.scaled_energy, self.sde, self.space, cfg.blend_length, cfg.target_clip,
+                          cfg.clip_per_particle)
+
+    def differentiable_score(self) -> Callable[[Tensor, Tensor], Tensor]:
+        """The model's score `(batch, dim)` at `(batch, dim)` scaled positions and `(batch,)` times,
+        with its graph: the network, plus the force prior when the config has one."""
+        net, prior = self.net, self.force_prior
+        return net if prior is None else (lambda x, t: net(x, t) + prior(x, t))
+
     def score_fn(self, generator: torch.Generator | None = None) -> Callable[[Tensor, Tensor], Tensor]:
-        """The score used for sampling, in scaled coordinates: the network, or in `direct` mode
-        the MC estimate of Eq. 7."""
+        """The score used for sampling, in scaled coordinates: the network (plus the force prior
+        when the config has one), or in `direct` mode the MC estimate of Eq. 7."""
         if self.config.mode == "direct":
             energy, space, sde, cfg = self.scaled_energy, self.space, self.sde, self.config
             return lambda x, t: estimate_target(energy, x, sde.sigma(t), cfg.n_mc, space, clip=cfg.target_clip,
                                                 clip_per_particle=cfg.clip_per_particle, blend_length=cfg.blend_length,
                                                 generator=generator).score
-        net = self.net
+        net, prior = self.net, self.force_prior
 
         def score(x, t):
             with torch.no_grad():
-                return net(x, t)
+                s = net(x, t)
+            return s if prior is None else s + prior(x, t)
 
         return score
 
@@ -305,7 +328,10 @@ class Sampler:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         g = torch.Generator(device=self.config.device)
         g.manual_seed(self.config.seed + 1 if seed is None else seed)
-        return self.net, int(steps), g, next(self.net.parameters()).dtype
+        dtype = next(self.net.parameters()).dtype
+        if self.force_prior is not None:
+            self.force_prior.require_second_derivatives(self.sde.prior_sample(1, self.space, dtype, self.config.device))
+        return self.differentiable_score(), int(steps), g, dtype
 
     def log_prob(self, x: Tensor, steps: int | None = None, divergence: str = "exact", n_probes: int = 1,
                  seed: int | None = None, batch: int = 10_000) -> Tensor:
@@ -507,7 +533,7 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
     sampler = Sampler(energy, config, copy.deepcopy(net).requires_grad_(False) if config.ema_decay is not None else net,
                       source=source)
     averaged = list(sampler.net.parameters())
-    target = sampler.scaled_energy
+    target, prior = sampler.scaled_energy, sampler.force_prior
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     buffer = None
     if config.mode in ("iwsm", "idem"):
@@ -555,6 +581,8 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         else:
             w = est.valid.float()
         residual = model(x_t[rows], tr[rows]) - est.score.float()
+        if prior is not None:
+            residual = residual + prior(x_t[rows], tr[rows])
         lam = LOSS_WEIGHTS[config.loss_weight](sigma[rows]) + config.loss_floor
         # this rank's rows' sum, scaled so that the mean over ranks (DDP averages gradients) is the batch mean
         loss = (w * lam * (residual * residual).sum(-1)).sum() * (n_ranks / n_rows)

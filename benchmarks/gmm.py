@@ -83,10 +83,8 @@ def run(target: str, mode: str, seed: int, minutes: float, overrides: dict, tag:
     x = sampler.sample(N_EVAL, steps=EVAL_STEPS, seed=10_000 + seed).double().numpy()
     sample_s = time.perf_counter() - t0
     row = metrics.evaluate(x, exact(target, 2000 + seed), energy=builtin_energy(target))
-    # likelihoods through a force prior need the energy's second derivatives, which the GMM kernel lacks
-    extra = {} if config.force_prior else {"log_z": log_z(sampler, seed)}
     record = make_record("target", target, mode, seed, row, sampler, config, train_s, sample_s, EVAL_STEPS, tag,
-                         overrides, conditions, **extra)
+                         overrides, conditions, log_z=log_z(sampler, seed))
     save_record(record, RUNS, SETTINGS, f"{target}-{mode}-seed{seed}", x[:2000].astype(np.float32), sampler)
     return record
 

@@ -65,8 +65,7 @@ class ForcePrior:
     def require_second_derivatives(self, x: Tensor) -> None:
         """ValueError naming the cause unless the force can be differentiated at `x` `(batch, dim)`:
         likelihoods through the prior need the energy's Hessian, which energies computed by
-        once-differentiable kernels (the built-in pair and mixture energies, OpenMM's fallback)
-        do not give."""
+        once-differentiable kernels (OpenMM's fallback) do not give."""
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             try:

@@ -92,11 +92,29 @@ def test_training_and_sampling_use_the_prior():
     assert iwsm_md.train(target, **cfg).force_prior is None
 
 
+class _OnceDifferentiable(torch.autograd.Function):
+    """|x|²/2 with a backward that cannot itself be differentiated (as OpenMM's fallback)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return 0.5 * (x * x).sum(-1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (x,) = ctx.saved_tensors
+        return grad_out[:, None] * x
+
+
 def test_likelihoods_need_an_energy_with_second_derivatives():
-    energy = builtin_energy("dw4")  # a once-differentiable pair kernel
-    config = TrainConfig.published("dw4", force_prior=True, blend_length=0.25, hidden=8, layers=1)
+    energy = from_function(_OnceDifferentiable.apply, 2)
+    config = TrainConfig(force_prior=True, blend_length=1.0, hidden=8, layers=1, sigma_max=3.0)
     sampler = iwsm_md.Sampler(energy, config, iwsm_md.training.build_net(Space.of(energy), config))
-    x = torch.randn(2, energy.dim)
     assert torch.isfinite(sampler.sample(2, steps=3)).all()  # sampling needs only the force
     with pytest.raises(ValueError, match="no second derivatives"):
-        sampler.log_prob(x, steps=2)
+        sampler.log_prob(torch.randn(2, 2), steps=2)
+    dw4 = builtin_energy("dw4")  # a pair kernel with second derivatives: likelihoods work
+    config = TrainConfig.published("dw4", force_prior=True, blend_length=0.25, hidden=8, layers=1)
+    sampler = iwsm_md.Sampler(dw4, config, iwsm_md.training.build_net(Space.of(dw4), config))
+    assert torch.isfinite(sampler.log_prob(sampler.sample(2, steps=3), steps=2)).all()

@@ -1,5 +1,7 @@
 """Tests of the benchmark-system builders against independent implementations and published data."""
 
+from pathlib import Path
+
 import numpy as np
 import openmm
 import pytest
@@ -260,6 +262,22 @@ def test_gmm_noised_score_is_the_gradient_of_the_convolved_mixture(sigma):
     np.testing.assert_allclose(score, fd, rtol=1e-6, atol=1e-7)
     per_point = g.noised_score(torch.from_numpy(x), torch.full((len(x),), sigma, dtype=torch.float64))
     np.testing.assert_allclose(per_point.numpy(), score, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["dw4", "lj13", "gmm40"])
+def test_builtin_energies_have_second_derivatives(name):
+    # the kernels' backward recomputes the gradient differentiably under create_graph: the
+    # Hessian-vector products must match finite differences of the gradient
+    from iwsm_md.potentials import builtin_energy
+
+    energy = builtin_energy(name)
+    g = torch.Generator().manual_seed(3)
+    if name == "gmm40":
+        x = energy.means[:3].double() + torch.randn(3, 2, dtype=torch.float64, generator=g)
+    else:
+        x = torch.as_tensor(np.load(Path(__file__).resolve().parents[1] / "data" / "reference" / f"{name}.npz")["positions"][:3], dtype=torch.float64)
+    x = x + 0.01 * torch.randn(x.shape, dtype=torch.float64, generator=g)
+    assert torch.autograd.gradgradcheck(energy, (x.requires_grad_(True),))
 
 
 def test_gmm_is_normalised():

@@ -146,25 +146,36 @@ class PairTerm(nn.Module):
         return energy, grad
 
 
+def _chunks(pos: Tensor, term: PairTerm, with_force: bool) -> tuple[Tensor, Tensor | None]:
+    """Energies `(batch,)` and, if asked, gradients `(batch, N, D)`, a memory-bounded chunk at a time."""
+    params = term.params_like(pos)
+    width = term.n_particles**2 if term.dense else term.n_pairs
+    step = max(1, _CHUNK_ELEMENTS // width)
+    kernel = term.dense_chunk if term.dense else term.sparse_chunk
+    energies, grads = [], []
+    for start in range(0, pos.shape[0], step) or [0]:  # an empty batch is one empty chunk
+        e, g = kernel(pos[start:start + step], params, with_force)
+        energies.append(e)
+        grads.append(g)
+    return torch.cat(energies), torch.cat(grads) if with_force else None
+
+
 class _PairEnergy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pos: Tensor, term: PairTerm) -> Tensor:
-        with_force = ctx.needs_input_grad[0]
-        params = term.params_like(pos)
-        width = term.n_particles**2 if term.dense else term.n_pairs
-        step = max(1, _CHUNK_ELEMENTS // width)
-        kernel = term.dense_chunk if term.dense else term.sparse_chunk
-        energies, grads = [], []
-        for start in range(0, pos.shape[0], step) or [0]:  # an empty batch is one empty chunk
-            e, g = kernel(pos[start:start + step], params, with_force)
-            energies.append(e)
-            grads.append(g)
-        if with_force:
-            ctx.save_for_backward(torch.cat(grads))
-        return torch.cat(energies)
+    """The pair energy with its analytic gradient, computed in the forward pass; under
+    `create_graph` the backward recomputes that gradient with recorded operations, so that
+    second derivatives (Hessian-vector products) are available too."""
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
+    def forward(ctx, pos: Tensor, term: PairTerm) -> Tensor:
+        energy, grad = _chunks(pos, term, ctx.needs_input_grad[0])
+        if grad is not None:
+            ctx.save_for_backward(pos, grad)
+            ctx.term = term
+        return energy
+
+    @staticmethod
     def backward(ctx, grad_out: Tensor):
-        (grad,) = ctx.saved_tensors
+        pos, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the gradient again, differentiably
+            grad = _chunks(pos, ctx.term, True)[1]
         return grad_out[:, None, None] * grad, None

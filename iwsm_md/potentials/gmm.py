@@ -99,7 +99,8 @@ def gmm(n_modes: int, seed: int = 0, loc_scale: float | None = None) -> GMMEnerg
 class _MixtureLogSumExp(torch.autograd.Function):
     """`logsumexp_m(−|x − μ_m|² / 2σ²)` for x `(batch, 2)`, with the analytic gradient
     `−(x − Σ_m r_m μ_m)/σ²` (r the mode responsibilities): a few passes over (batch, n_modes)
-    where autograd takes about twenty."""
+    where autograd takes about twenty. Under `create_graph` the backward recomputes the gradient
+    with recorded operations, so that second derivatives are available too."""
 
     @staticmethod
     def forward(ctx, x: Tensor, means: Tensor, std: float) -> Tensor:
@@ -111,11 +112,15 @@ class _MixtureLogSumExp(torch.autograd.Function):
         total = weights.sum(1, keepdim=True)
         out = (torch.log(total) + top).squeeze(1)
         if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(-(x - (weights / total) @ means) * inv_var)
+            ctx.save_for_backward(x, means, -(x - (weights / total) @ means) * inv_var)
+            ctx.std = std
         return out
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out: Tensor):
-        (grad,) = ctx.saved_tensors
+        x, means, grad = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: the gradient again, with recorded operations
+            d = x[:, None, :] - means[None]
+            r = torch.softmax((d * d).sum(-1) * (-0.5 / ctx.std**2), dim=1)
+            grad = -(x - r @ means) / ctx.std**2
         return grad_out[:, None] * grad, None, None

@@ -45,13 +45,24 @@ class TargetEstimate:
     inner_ess: Tensor
 
 
-def clip_norm(v: Tensor, max_norm: float, space: Space, per_particle: bool) -> Tensor:
-    """Scale vectors `(B, dim)` down to norm ≤ `max_norm`, per particle or per whole vector."""
+def clip_norm(v: Tensor, max_norm: float | Tensor, space: Space, per_particle: bool) -> Tensor:
+    """Scale vectors `(B, dim)` down to norm ≤ `max_norm` (a number, or one per row `(B,)`), per
+    particle or per whole vector."""
     shape = v.shape
     parts = v.reshape(shape[0], space.n_particles, space.spatial_dim) if per_particle else v
+    if isinstance(max_norm, Tensor):
+        max_norm = max_norm.to(v.dtype).reshape(-1, *([1] * (parts.dim() - 1)))
     norm = parts.norm(dim=-1, keepdim=True)
     factor = torch.clamp(max_norm / norm.clamp_min(torch.finfo(v.dtype).tiny), max=1.0)
     return (parts * factor).reshape(shape)
+
+
+def clip_bound(clip: float, sigma: Tensor, fade_length: float | None) -> float | Tensor:
+    """The bound on a score's norm at noise levels `sigma` `(B,)`: `clip`, or with a fade length
+    L the `(B,)` bounds `clip · (1 + L²/σ²)`. The clip tames the estimate where noise dominates
+    (σ ≳ L); below L the noised score tends to the force of the well, which a fixed bound would
+    cut wherever the force exceeds it, biasing the samples hot (benchmarks/results/clip_share.md)."""
+    return clip if fade_length is None else clip * (1 + fade_length**2 / sigma**2)
 
 
 def estimate_target(
@@ -63,6 +74,7 @@ def estimate_target(
     *,
     clip: float | None = None,
     clip_per_particle: bool = True,
+    clip_fade_length: float | None = None,
     blend_length: float | None = None,
     max_evaluations: int = 1 << 17,
     generator: torch.Generator | None = None,
@@ -77,6 +89,7 @@ def estimate_target(
         clip: optional bound on the norm of the score estimate, per particle when
             `clip_per_particle` and the space is a particle system, else of the whole vector;
             applied before the projection onto the space (which does not increase the norm).
+        clip_fade_length: L; when given, the bound rises as σ falls below L (`clip_bound`).
         blend_length: L, the width of the target's wells in the units of `x_t`; when given, the
             score blends Eq. 7 with Tweedie's estimate (see the module docstring); None: Eq. 7.
         max_evaluations: energy evaluations per chunk (bounds memory).
@@ -116,7 +129,8 @@ def estimate_target(
         esss.append(torch.where(valid, 1.0 / (w * w).sum(1).clamp_min(1.0 / n_mc), 0.0))
     score = torch.cat(scores)
     if clip is not None:
-        score = clip_norm(score, clip, space, clip_per_particle and space.n_particles > 1)
+        bound = clip_bound(clip, sigma[first:last], clip_fade_length)
+        score = clip_norm(score, bound, space, clip_per_particle and space.n_particles > 1)
     return TargetEstimate(space.project(score), torch.cat(log_ps), torch.cat(valids), n_bad, torch.cat(esss))
 
 

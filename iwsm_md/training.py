@@ -68,6 +68,7 @@ class TrainConfig:
     loss_floor: float = 1e-3  # added to λ(t) (iDEM's ε), so that small noise levels still count
     target_clip: float | None = None
     clip_per_particle: bool = True
+    clip_fade: bool = False  # the clip rises as σ falls below blend_length: target_clip·(1 + L²/σ²)
     blend_length: float | None = None  # well width L (scaled units): blend Eq. 7 with Tweedie (estimators.py)
     force_prior: bool = False  # score = L²/(L²+σ²) · clipped force + net (force_prior.py); needs blend_length
     snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
@@ -105,6 +106,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (0 < value < math.inf):
                 raise ValueError(f"{name} must be positive and finite, got {value}")
+        if self.clip_fade and (self.blend_length is None or self.target_clip is None):
+            raise ValueError("clip_fade lifts target_clip below the well width blend_length: set both")
         if self.force_prior and self.blend_length is None:
             raise ValueError("force_prior needs blend_length, the well width L that scales the force "
                              "(a = L²/(L²+σ²)): set blend_length")
@@ -253,8 +256,14 @@ class Sampler:
         cfg = self.config
         if not cfg.force_prior:
             return None
-        return ForcePrior(self.scaled_energy, self.sde, self.space, cfg.blend_length, cfg.target_clip,
-                          cfg.clip_per_particle)
+        return ForcePrior(self.scaled_energy, self.sde, self.space, cfg.blend_length, **self.clip_options)
+
+    @property
+    def clip_options(self) -> dict:
+        """How scores are clipped (`estimators.clip_bound`): keywords of `estimate_target`."""
+        cfg = self.config
+        return dict(clip=cfg.target_clip, clip_per_particle=cfg.clip_per_particle,
+                    clip_fade_length=cfg.blend_length if cfg.clip_fade else None)
 
     def differentiable_score(self) -> Callable[[Tensor, Tensor], Tensor]:
         """The model's score `(batch, dim)` at `(batch, dim)` scaled positions and `(batch,)` times,
@@ -267,8 +276,8 @@ class Sampler:
         when the config has one), or in `direct` mode the MC estimate of Eq. 7."""
         if self.config.mode == "direct":
             energy, space, sde, cfg = self.scaled_energy, self.space, self.sde, self.config
-            return lambda x, t: estimate_target(energy, x, sde.sigma(t), cfg.n_mc, space, clip=cfg.target_clip,
-                                                clip_per_particle=cfg.clip_per_particle, blend_length=cfg.blend_length,
+            return lambda x, t: estimate_target(energy, x, sde.sigma(t), cfg.n_mc, space, **self.clip_options,
+                                                blend_length=cfg.blend_length,
                                                 generator=generator).score
         net, prior = self.net, self.force_prior
 
@@ -569,8 +578,8 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         x0r, tr = x0.repeat_interleave(n_copies, 0), t.repeat_interleave(n_copies)
         x_t = sde.perturb(x0r, tr, space, generator=g)
         sigma = sde.sigma(tr)
-        est = estimate_target(target, x_t, sigma, config.n_mc, space, clip=config.target_clip,
-                              clip_per_particle=config.clip_per_particle, blend_length=config.blend_length,
+        est = estimate_target(target, x_t, sigma, config.n_mc, space, **sampler.clip_options,
+                              blend_length=config.blend_length,
                               generator=g, rows=rows)
         if config.mode == "iwsm":
             log_q = proposal_log_density(x_t, x0, sigma, space)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from iwsm_md.energies import from_function
-from iwsm_md.estimators import estimate_target, proposal_log_density, snis_weights
+from iwsm_md.estimators import clip_bound, estimate_target, proposal_log_density, snis_weights
 from iwsm_md.sde import GeometricVESDE, Space
 
 S = 0.7  # target std
@@ -44,6 +44,24 @@ def test_blend_with_the_well_width_is_exact_for_a_gaussian_with_few_copies(sigma
     if sigma > S:
         plain = estimate_target(energy, x, sig, 2, space, generator=g)
         assert (plain.score - exact).norm(dim=-1).mean() > 0.5 * exact.norm(dim=-1).mean()
+
+
+def test_faded_clip_keeps_the_forces_of_the_well_at_small_noise():
+    # the blended estimate of a Gaussian well is exact; a fixed clip of 1 cuts it at every σ, the
+    # faded clip clip·(1 + S²/σ²) only where σ is large against S
+    g = torch.Generator().manual_seed(2)
+    energy, space = gaussian(2), Space(1, 2, False)
+    x = 3 * torch.randn(64, 2, generator=g, dtype=torch.float64)
+    sigma = torch.cat([torch.full((32,), 0.01), torch.full((32,), 10.0)]).double()
+    exact = -x / (S**2 + sigma[:, None] ** 2)
+    kw = dict(clip=1.0, clip_per_particle=False, blend_length=S, generator=g)
+    fixed = estimate_target(energy, x, sigma, 4, space, **kw).score
+    faded = estimate_target(energy, x, sigma, 4, space, clip_fade_length=S, **kw).score
+    assert fixed.norm(dim=-1).max() <= 1 + 1e-12 and exact[:32].norm(dim=-1).min() > 1
+    assert torch.allclose(faded[:32], exact[:32], rtol=1e-9)  # bound 1 + 4900: nothing cut
+    bound = 1 + S**2 / 100
+    assert torch.allclose(faded[32:].norm(dim=-1), exact[32:].norm(dim=-1).clamp(max=bound), rtol=1e-9)
+    assert clip_bound(1.0, sigma, None) == 1.0
 
 
 def test_nonfinite_energies_are_masked_and_counted():

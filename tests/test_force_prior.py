@@ -1,6 +1,9 @@
 """The force prior of the score (`iwsm_md.force_prior`): exact for a Gaussian well, clipped and
 centre-of-mass free for particles, NaN only where a position is, differentiable when asked, and
 wired into training and sampling by `TrainConfig.force_prior`."""
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -12,6 +15,7 @@ from iwsm_md.potentials import builtin_energy, gmm
 from iwsm_md.sde import GeometricVESDE, Space
 
 D64 = torch.float64
+REFERENCE_LJ13 = Path(__file__).resolve().parents[1] / "data" / "reference" / "lj13.npz"
 SDE = GeometricVESDE(1e-3, 10.0)
 L = 0.3
 
@@ -45,6 +49,19 @@ def test_particles_get_a_clipped_centre_of_mass_free_force():
     assert per_particle.norm(dim=-1).max() <= 2 * a * 5.0 + 1e-12
     unclipped = ForcePrior(energy, SDE, space, L, clip=None, clip_per_particle=True)(x, t)
     assert unclipped.reshape(32, 13, 3).norm(dim=-1).max() > 10 * a * 5.0  # the clip did act
+
+
+def test_faded_clip_leaves_the_force_whole_at_small_noise():
+    energy = builtin_energy("lj13")
+    space = Space.of(energy)
+    x = space.project(torch.as_tensor(np.load(REFERENCE_LJ13)["positions"][:16], dtype=D64))
+    t = torch.zeros(16, dtype=D64)  # σ = σ_min = 1e-3
+    free = ForcePrior(energy, SDE, space, L, clip=None, clip_per_particle=True)(x, t)
+    assert free.reshape(16, 13, 3).norm(dim=-1).max() > 20  # exact samples whose forces a clip of 20 cuts
+    faded = ForcePrior(energy, SDE, space, L, clip=20.0, clip_per_particle=True, clip_fade_length=L)(x, t)
+    assert torch.allclose(faded, free, rtol=1e-12)
+    with pytest.raises(ValueError, match="clip_fade"):
+        TrainConfig(clip_fade=True, target_clip=20.0)
 
 
 def test_non_finite_positions_give_nan_rows_only():

@@ -160,7 +160,8 @@ class TrainConfig:
 
         Their `target_clip` cuts the small-σ score, the force, of most exact GMM-80/120 samples and
         LJ particles, which biases samples hot (benchmarks/results/clip_share.md); `clip_fade=True`
-        with `blend_length` set to the well width lifts the clip there."""
+        with `blend_length` set to the well width lifts the clip there, without limit as σ falls
+        (on GMM-80 that wrecked training: benchmarks/results/gmm.md)."""
         key = name.lower().replace("-", "").replace("_", "")
         gmm = dict(n_mc=500, sigma_min=1e-5, sigma_max=1.0, lr=5e-4, batch_size=512, target_clip=70.0,
                    clip_per_particle=False, snis_n=5, epochs=1000)

@@ -65,6 +65,15 @@ def clip_bound(clip: float, sigma: Tensor, fade_length: float | None) -> float |
     return clip if fade_length is None else clip * (1 + fade_length**2 / sigma**2)
 
 
+def clip_score(v: Tensor, sigma: Tensor, space: Space, clip: float | None, clip_per_particle: bool = True,
+               clip_fade_length: float | None = None) -> Tensor:
+    """Scores `v` `(B, dim)` at noise levels `sigma` `(B,)` clipped to `clip_bound` (per particle
+    when `clip_per_particle` and `space` holds several particles); `v` itself when `clip` is None."""
+    if clip is None:
+        return v
+    return clip_norm(v, clip_bound(clip, sigma, clip_fade_length), space, clip_per_particle and space.n_particles > 1)
+
+
 def estimate_target(
     energy: Energy,
     x_t: Tensor,
@@ -127,10 +136,7 @@ def estimate_target(
         log_ps.append(torch.where(valid, log_norm - math.log(n_mc), -math.inf))
         valids.append(valid)
         esss.append(torch.where(valid, 1.0 / (w * w).sum(1).clamp_min(1.0 / n_mc), 0.0))
-    score = torch.cat(scores)
-    if clip is not None:
-        bound = clip_bound(clip, sigma[first:last], clip_fade_length)
-        score = clip_norm(score, bound, space, clip_per_particle and space.n_particles > 1)
+    score = clip_score(torch.cat(scores), sigma[first:last], space, clip, clip_per_particle, clip_fade_length)
     return TargetEstimate(space.project(score), torch.cat(log_ps), torch.cat(valids), n_bad, torch.cat(esss))
 
 

@@ -2,8 +2,8 @@
 
 With `TrainConfig.force_prior` the sampler's score is `s(x, t) = a(σ) F(x) + net(x, t)`, where
 `F = −∇E` is the force of the (scaled) energy, clipped like the training targets
-(`target_clip`, per particle or whole, faded below L with `clip_fade`), and `a(σ) = L² / (L² + σ²)` with `L = blend_length`,
-the width of the target's wells. For a Gaussian well of standard deviation L the noised score is
+(`estimators.clip_score`: `target_clip`, per particle or whole, faded below L with `clip_fade`),
+and `a(σ) = L² / (L² + σ²)` with `L = blend_length`, the width of the target's wells. For a Gaussian well of standard deviation L the noised score is
 exactly `a(σ) F(x)`, so the network is left with zero to learn; for real targets it learns only
 the correction, and at small σ, where `a → 1` and the noised score tends to the force, the
 sampler's score is right whatever the network's accuracy there. The training targets (Eq. 7)
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from iwsm_md.energies.base import Energy
-from iwsm_md.estimators import clip_bound, clip_norm
+from iwsm_md.estimators import clip_score
 from iwsm_md.sde import GeometricVESDE, Space
 
 
@@ -45,8 +45,8 @@ class ForcePrior:
         if not length > 0:
             raise ValueError(f"the force prior needs a positive well width L (blend_length), got {length}")
         self.energy, self.sde, self.space = energy, sde, space
-        self.length, self.clip, self.clip_per_particle = float(length), clip, clip_per_particle
-        self.clip_fade_length = clip_fade_length
+        self.length = float(length)
+        self.clip_options = dict(clip=clip, clip_per_particle=clip_per_particle, clip_fade_length=clip_fade_length)
 
     def weight(self, t: Tensor) -> Tensor:
         """a(σ(t)) = L² / (L² + σ(t)²), same shape as `t`."""
@@ -60,9 +60,7 @@ class ForcePrior:
             force = torch.full(x.shape, math.nan, dtype=x.dtype, device=x.device)
             if ok.any():
                 force[ok] = self._force(x[ok])
-        if self.clip is not None:
-            force = clip_norm(force, clip_bound(self.clip, self.sde.sigma(t), self.clip_fade_length), self.space,
-                              self.clip_per_particle and self.space.n_particles > 1)
+        force = clip_score(force, self.sde.sigma(t), self.space, **self.clip_options)
         return self.space.project(self.weight(t).to(force.dtype)[:, None] * force).to(x.dtype)
 
     def require_second_derivatives(self, x: Tensor) -> None:

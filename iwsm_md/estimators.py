@@ -57,21 +57,28 @@ def clip_norm(v: Tensor, max_norm: float | Tensor, space: Space, per_particle: b
     return (parts * factor).reshape(shape)
 
 
-def clip_bound(clip: float, sigma: Tensor, fade_length: float | None) -> float | Tensor:
-    """The bound on a score's norm at noise levels `sigma` `(B,)`: `clip`, or with a fade length
-    L the `(B,)` bounds `clip · (1 + L²/σ²)`. The clip tames the estimate where noise dominates
-    (σ ≳ L); below L the noised score tends to the force of the well, which a fixed bound would
-    cut wherever the force exceeds it, biasing the samples hot (benchmarks/results/clip_share.md)."""
-    return clip if fade_length is None else clip * (1 + fade_length**2 / sigma**2)
+def clip_bound(clip: float, sigma: Tensor, lift: float | None = None, length: float | None = None) -> float | Tensor:
+    """The bound on a score's norm at noise levels `sigma` `(B,)`: `clip`, or with a lift k and a
+    well width L the `(B,)` bounds `max(clip, k / √(L² + σ²))`, at most `max(clip, k / L)`.
+
+    The clip tames the estimate where noise dominates (σ ≳ L); below L the noised score tends to
+    the force of the well, which a fixed bound cuts wherever the force exceeds it, biasing the
+    samples hot (benchmarks/results/clip_share.md). For a Gaussian well of width L in d
+    dimensions the noised score's norm times √(L² + σ²) is χ_d-distributed, so a k of a few
+    units (4 covers 99.9% in 2D) leaves the typical set's scores whole at every σ."""
+    if lift is None:
+        return clip
+    return torch.clamp(lift / torch.sqrt(length**2 + sigma * sigma), min=clip)
 
 
 def clip_score(v: Tensor, sigma: Tensor, space: Space, clip: float | None, clip_per_particle: bool = True,
-               clip_fade_length: float | None = None) -> Tensor:
+               clip_lift: float | None = None, clip_length: float | None = None) -> Tensor:
     """Scores `v` `(B, dim)` at noise levels `sigma` `(B,)` clipped to `clip_bound` (per particle
     when `clip_per_particle` and `space` holds several particles); `v` itself when `clip` is None."""
     if clip is None:
         return v
-    return clip_norm(v, clip_bound(clip, sigma, clip_fade_length), space, clip_per_particle and space.n_particles > 1)
+    bound = clip_bound(clip, sigma, clip_lift, clip_length)
+    return clip_norm(v, bound, space, clip_per_particle and space.n_particles > 1)
 
 
 def estimate_target(
@@ -83,7 +90,8 @@ def estimate_target(
     *,
     clip: float | None = None,
     clip_per_particle: bool = True,
-    clip_fade_length: float | None = None,
+    clip_lift: float | None = None,
+    clip_length: float | None = None,
     blend_length: float | None = None,
     max_evaluations: int = 1 << 17,
     generator: torch.Generator | None = None,
@@ -98,7 +106,8 @@ def estimate_target(
         clip: optional bound on the norm of the score estimate, per particle when
             `clip_per_particle` and the space is a particle system, else of the whole vector;
             applied before the projection onto the space (which does not increase the norm).
-        clip_fade_length: L; when given, the bound rises as σ falls below L (`clip_bound`).
+        clip_lift, clip_length: k and L; when given, the bound rises to k/√(L² + σ²) where that
+            is larger (`clip_bound`).
         blend_length: L, the width of the target's wells in the units of `x_t`; when given, the
             score blends Eq. 7 with Tweedie's estimate (see the module docstring); None: Eq. 7.
         max_evaluations: energy evaluations per chunk (bounds memory).
@@ -136,7 +145,7 @@ def estimate_target(
         log_ps.append(torch.where(valid, log_norm - math.log(n_mc), -math.inf))
         valids.append(valid)
         esss.append(torch.where(valid, 1.0 / (w * w).sum(1).clamp_min(1.0 / n_mc), 0.0))
-    score = clip_score(torch.cat(scores), sigma[first:last], space, clip, clip_per_particle, clip_fade_length)
+    score = clip_score(torch.cat(scores), sigma[first:last], space, clip, clip_per_particle, clip_lift, clip_length)
     return TargetEstimate(space.project(score), torch.cat(log_ps), torch.cat(valids), n_bad, torch.cat(esss))
 
 

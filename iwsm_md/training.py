@@ -68,7 +68,7 @@ class TrainConfig:
     loss_floor: float = 1e-3  # added to λ(t) (iDEM's ε), so that small noise levels still count
     target_clip: float | None = None
     clip_per_particle: bool = True
-    clip_fade: bool = False  # the clip rises as σ falls below blend_length: target_clip·(1 + L²/σ²)
+    clip_lift: float | None = None  # k: the clip rises to max(target_clip, k/√(L²+σ²)), L = blend_length
     blend_length: float | None = None  # well width L (scaled units): blend Eq. 7 with Tweedie (estimators.py)
     force_prior: bool = False  # score = L²/(L²+σ²) · clipped force + net (force_prior.py); needs blend_length
     snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
@@ -102,12 +102,12 @@ class TrainConfig:
         if not (0 < self.sigma_min < self.sigma_max < math.inf):
             raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={self.sigma_min}, "
                              f"sigma_max={self.sigma_max}")
-        for name in ("scale", "lr", "blend_length"):  # positive and finite (None: unset)
+        for name in ("scale", "lr", "blend_length", "clip_lift"):  # positive and finite (None: unset)
             value = getattr(self, name)
             if value is not None and not (0 < value < math.inf):
                 raise ValueError(f"{name} must be positive and finite, got {value}")
-        if self.clip_fade and (self.blend_length is None or self.target_clip is None):
-            raise ValueError("clip_fade lifts target_clip below the well width blend_length: set both")
+        if self.clip_lift is not None and (self.blend_length is None or self.target_clip is None):
+            raise ValueError("clip_lift raises target_clip below the well width blend_length: set both")
         if self.force_prior and self.blend_length is None:
             raise ValueError("force_prior needs blend_length, the well width L that scales the force "
                              "(a = L²/(L²+σ²)): set blend_length")
@@ -159,9 +159,9 @@ class TrainConfig:
         """Published settings of a built-in system ("gmm40", "gmm80", "gmm120", "dw4", "lj13", "lj55").
 
         Their `target_clip` cuts the small-σ score, the force, of most exact GMM-80/120 samples and
-        LJ particles, which biases samples hot (benchmarks/results/clip_share.md); `clip_fade=True`
-        with `blend_length` set to the well width lifts the clip there, without limit as σ falls
-        (on GMM-80 that wrecked training: benchmarks/results/gmm.md)."""
+        LJ particles, which biases samples hot (benchmarks/results/clip_share.md); `clip_lift=k`
+        with `blend_length` set to the well width L lifts the clip to k/√(L²+σ²) where that is
+        larger (`estimators.clip_bound`)."""
         key = name.lower().replace("-", "").replace("_", "")
         gmm = dict(n_mc=500, sigma_min=1e-5, sigma_max=1.0, lr=5e-4, batch_size=512, target_clip=70.0,
                    clip_per_particle=False, snis_n=5, epochs=1000)
@@ -268,7 +268,7 @@ class Sampler:
         """How scores are clipped (`estimators.clip_bound`): keywords of `estimate_target`."""
         cfg = self.config
         return dict(clip=cfg.target_clip, clip_per_particle=cfg.clip_per_particle,
-                    clip_fade_length=cfg.blend_length if cfg.clip_fade else None)
+                    clip_lift=cfg.clip_lift, clip_length=cfg.blend_length if cfg.clip_lift is not None else None)
 
     def differentiable_score(self) -> Callable[[Tensor, Tensor], Tensor]:
         """The model's score `(batch, dim)` at `(batch, dim)` scaled positions and `(batch,)` times,

@@ -46,21 +46,25 @@ def test_blend_with_the_well_width_is_exact_for_a_gaussian_with_few_copies(sigma
         assert (plain.score - exact).norm(dim=-1).mean() > 0.5 * exact.norm(dim=-1).mean()
 
 
-def test_faded_clip_keeps_the_forces_of_the_well_at_small_noise():
+def test_lifted_clip_keeps_the_scores_of_the_well_typical_at_each_noise_level():
     # the blended estimate of a Gaussian well is exact; a fixed clip of 1 cuts it at every σ, the
-    # faded clip clip·(1 + S²/σ²) only where σ is large against S
+    # lifted clip max(1, k/√(S² + σ²)) only where |score|·√(S² + σ²) > k, and it stays bounded
     g = torch.Generator().manual_seed(2)
-    energy, space = gaussian(2), Space(1, 2, False)
+    energy, space, k = gaussian(2), Space(1, 2, False), 4.0
     x = 3 * torch.randn(64, 2, generator=g, dtype=torch.float64)
     sigma = torch.cat([torch.full((32,), 0.01), torch.full((32,), 10.0)]).double()
     exact = -x / (S**2 + sigma[:, None] ** 2)
     kw = dict(clip=1.0, clip_per_particle=False, blend_length=S, generator=g)
     fixed = estimate_target(energy, x, sigma, 4, space, **kw).score
-    faded = estimate_target(energy, x, sigma, 4, space, clip_fade_length=S, **kw).score
+    lifted = estimate_target(energy, x, sigma, 4, space, clip_lift=k, clip_length=S, **kw).score
     assert fixed.norm(dim=-1).max() <= 1 + 1e-12 and exact[:32].norm(dim=-1).min() > 1
-    assert torch.allclose(faded[:32], exact[:32], rtol=1e-9)  # bound 1 + 4900: nothing cut
-    bound = 1 + S**2 / 100
-    assert torch.allclose(faded[32:].norm(dim=-1), exact[32:].norm(dim=-1).clamp(max=bound), rtol=1e-9)
+    bound = torch.clamp(k / torch.sqrt(S**2 + sigma**2), min=1.0)
+    assert torch.equal(bound, clip_bound(1.0, sigma, k, S)) and float(bound.max()) <= k / S
+    whole = exact.norm(dim=-1) <= bound
+    assert whole[:32].any() and not whole[:32].all()  # the small-σ rows: some inside, some cut
+    assert torch.allclose(lifted[whole], exact[whole], rtol=1e-9)
+    assert torch.allclose(lifted.norm(dim=-1), exact.norm(dim=-1).clamp(max=bound), rtol=1e-9)
+    assert torch.allclose(lifted[32:], fixed[32:], rtol=1e-12)  # k/σ < 1 at σ = 10: the clip itself
     assert clip_bound(1.0, sigma, None) == 1.0
 
 

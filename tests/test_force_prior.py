@@ -1,6 +1,7 @@
 """The force prior of the score (`iwsm_md.force_prior`): exact for a Gaussian well, clipped and
 centre-of-mass free for particles, NaN only where a position is, differentiable when asked, and
 wired into training and sampling by `TrainConfig.force_prior`."""
+import math
 from pathlib import Path
 
 import numpy as np
@@ -51,17 +52,20 @@ def test_particles_get_a_clipped_centre_of_mass_free_force():
     assert unclipped.reshape(32, 13, 3).norm(dim=-1).max() > 10 * a * 5.0  # the clip did act
 
 
-def test_faded_clip_leaves_the_force_whole_at_small_noise():
+def test_lifted_clip_leaves_the_force_of_exact_samples_whole_at_small_noise():
     energy = builtin_energy("lj13")
     space = Space.of(energy)
     x = space.project(torch.as_tensor(np.load(REFERENCE_LJ13)["positions"][:16], dtype=D64))
     t = torch.zeros(16, dtype=D64)  # σ = σ_min = 1e-3
     free = ForcePrior(energy, SDE, space, L, clip=None, clip_per_particle=True)(x, t)
-    assert free.reshape(16, 13, 3).norm(dim=-1).max() > 20  # exact samples whose forces a clip of 20 cuts
-    faded = ForcePrior(energy, SDE, space, L, clip=20.0, clip_per_particle=True, clip_fade_length=L)(x, t)
-    assert torch.allclose(faded, free, rtol=1e-12)
-    with pytest.raises(ValueError, match="clip_fade"):
-        TrainConfig(clip_fade=True, target_clip=20.0)
+    norms = free.reshape(16, 13, 3).norm(dim=-1)
+    assert norms.max() > 20  # exact samples whose forces a clip of 20 cuts
+    edge = float(norms.max()) * math.sqrt(L**2 + float(SDE.sigma(t[0])) ** 2)  # the k at which the largest is cut
+    for k, cut in ((1.01 * edge, False), (0.9 * edge, True)):
+        lifted = ForcePrior(energy, SDE, space, L, clip=20.0, clip_per_particle=True, clip_lift=k, clip_length=L)(x, t)
+        assert torch.allclose(lifted, free, rtol=1e-12) != cut
+    with pytest.raises(ValueError, match="clip_lift"):
+        TrainConfig(clip_lift=4.0, target_clip=20.0)
 
 
 def test_non_finite_positions_give_nan_rows_only():

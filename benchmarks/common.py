@@ -170,12 +170,17 @@ def hardware_of(recs: list[dict]) -> str:
 
 
 def notes(recs: list[dict], keys: Sequence[str], sampling: str) -> list[str]:
-    """The settings (of the first run), epochs, `sampling` (how the evaluated samples were drawn),
-    hardware and each run's conditions."""
+    """The settings (of the first run; a key its version lacked: None) and any other run's that
+    differ, epochs, `sampling` (how the evaluated samples were drawn), hardware and each run's
+    conditions."""
     cfg = recs[0]["config"]
-    lines = ["", "Settings: " + ", ".join(f"{k}={cfg[k]}" for k in keys)
+    lines = ["", "Settings: " + ", ".join(f"{k}={cfg.get(k)}" for k in keys)
              + f"; epochs run: {', '.join(str(r['epochs']) for r in recs)}; " + sampling + ".",
              "Hardware: " + hardware_of(recs) + "."]
+    for r in recs[1:]:
+        differ = {k: r["config"].get(k) for k in keys if r["config"].get(k) != cfg.get(k)}
+        if differ:
+            lines.append(f"{r['mode']} seed {r['seed']} differs: {differ}.")
     return lines + [f"Conditions of {r['mode']} seed {r['seed']}: {r['conditions']}." for r in recs if r.get("conditions")]
 
 

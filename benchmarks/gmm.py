@@ -128,6 +128,34 @@ def log_z_lines(recs: list[dict]) -> list[str]:
     return lines
 
 
+def mode_balance(target: str, x: np.ndarray) -> tuple[float, float]:
+    """For samples `x` `(n, 2)`: χ² per degree of freedom of their nearest-mode counts against the
+    mixture's equal weights (about 1 for exact samples), and the share of them farther than 5 mode
+    standard deviations from every mode (4e-6 for exact samples)."""
+    energy = builtin_energy(target)
+    means = energy.means.numpy()
+    d2 = ((x[:, None, :] - means[None]) ** 2).sum(-1)
+    counts = np.bincount(d2.argmin(1), minlength=len(means))
+    expected = len(x) / len(means)
+    chi2 = float(((counts - expected) ** 2 / expected).sum()) / (len(means) - 1)
+    return chi2, float((np.sqrt(d2.min(1)) > 5 * energy.std).mean())
+
+
+def mode_balance_lines(target: str, recs: list[dict]) -> list[str]:
+    shown = [r for r in recs if (RUNS / f"{target}-{r['mode']}-seed{r['seed']}-samples.npy").exists()]
+    if not shown:
+        return []
+    n = len(np.load(RUNS / f"{target}-{shown[0]['mode']}-seed{shown[0]['seed']}-samples.npy"))
+    chi2, far = mode_balance(target, exact(target, 3000)[:n])
+    lines = ["", f"Mode balance of the {n:,} saved samples per run (`mode_balance`): χ²/dof of the nearest-mode "
+                 "counts against equal weights, and the share farther than 5 mode std from every mode:", "",
+             f"- exact samples: χ²/dof {chi2:.2f}, {100 * far:.2f}% far"]
+    for r in shown:
+        chi2, far = mode_balance(target, np.load(RUNS / f"{target}-{r['mode']}-seed{r['seed']}-samples.npy"))
+        lines.append(f"- {r['mode']} seed {r['seed']}: χ²/dof {chi2:.2f}, {100 * far:.2f}% far")
+    return lines
+
+
 def plot(target: str, records: list[dict]) -> str | None:
     import matplotlib
 
@@ -185,6 +213,7 @@ def table() -> None:
                 lines += ["", f"![{target} samples]({png})"]
         else:
             lines += ["", f"CPU profile: {profile(target)}, blend_length = mode std / scale."]
+        lines += mode_balance_lines(target, recs)
         lines += log_z_lines(recs + tagged)
         lines += settings_table(target.upper(), tagged, goal, METRICS, profile(target))
         lines.append("")

@@ -55,13 +55,18 @@ CPU_PROFILE = dict(n_mc=20, steps_per_epoch=100, sample_steps=200, samples_per_e
 # to max(70, 4/√(L²+σ²)) (`TrainConfig.clip_lift`). GMM-40's runs keep the fixed clip, which cuts
 # 15% of its samples and costs 0.007 in clip_share's Langevin E-TVD.
 TARGET_PROFILE = {"gmm80": dict(clip_lift=4.0), "gmm120": dict(clip_lift=4.0)}
+EVAL_STEPS = 1000  # reverse-SDE steps of the 10,000 evaluated samples (the published number)
+N_LOG_Z, LOG_Z_STEPS = 5000, 500  # probability-flow ODE samples and Heun steps of the log Z estimate
 
 
 def profile(target: str) -> dict:
     """The CPU profile's overrides of the published settings for `target`."""
     return {**CPU_PROFILE, **TARGET_PROFILE.get(target, {})}
-EVAL_STEPS = 1000  # reverse-SDE steps of the 10,000 evaluated samples (the published number)
-N_LOG_Z, LOG_Z_STEPS = 5000, 500  # probability-flow ODE samples and Heun steps of the log Z estimate
+
+
+def saved_samples(target: str, r: dict) -> Path:
+    """Where run `r` of `target` keeps its saved samples `(2000, 2)` (`save_record`)."""
+    return RUNS / f"{target}-{r['mode']}-seed{r['seed']}-samples.npy"
 
 
 def exact(target: str, seed: int) -> np.ndarray:
@@ -142,17 +147,18 @@ def mode_balance(target: str, x: np.ndarray) -> tuple[float, float]:
 
 
 def mode_balance_lines(target: str, recs: list[dict]) -> list[str]:
-    shown = [r for r in recs if (RUNS / f"{target}-{r['mode']}-seed{r['seed']}-samples.npy").exists()]
-    if not shown:
+    samples = {(r["mode"], r["seed"]): np.load(saved_samples(target, r)) for r in recs
+               if saved_samples(target, r).exists()}
+    if not samples:
         return []
-    n = len(np.load(RUNS / f"{target}-{shown[0]['mode']}-seed{shown[0]['seed']}-samples.npy"))
+    n = len(next(iter(samples.values())))
     chi2, far = mode_balance(target, exact(target, 3000)[:n])
     lines = ["", f"Mode balance of the {n:,} saved samples per run (`mode_balance`): χ²/dof of the nearest-mode "
                  "counts against equal weights, and the share farther than 5 mode std from every mode:", "",
              f"- exact samples: χ²/dof {chi2:.2f}, {100 * far:.2f}% far"]
-    for r in shown:
-        chi2, far = mode_balance(target, np.load(RUNS / f"{target}-{r['mode']}-seed{r['seed']}-samples.npy"))
-        lines.append(f"- {r['mode']} seed {r['seed']}: χ²/dof {chi2:.2f}, {100 * far:.2f}% far")
+    for (mode, seed), x in samples.items():
+        chi2, far = mode_balance(target, x)
+        lines.append(f"- {mode} seed {seed}: χ²/dof {chi2:.2f}, {100 * far:.2f}% far")
     return lines
 
 
@@ -163,14 +169,14 @@ def plot(target: str, records: list[dict]) -> str | None:
     import matplotlib.pyplot as plt
 
     means = builtin_energy(target).means.numpy()
-    shown = [r for r in records if (RUNS / f"{target}-{r['mode']}-seed{r['seed']}-samples.npy").exists()]
+    shown = [r for r in records if saved_samples(target, r).exists()]
     if not shown:
         return None
     modes = sorted({r["mode"] for r in shown})
     fig, axes = plt.subplots(1, len(modes), figsize=(5 * len(modes), 5), squeeze=False)
     for ax, mode in zip(axes[0], modes):
         r = min((r for r in shown if r["mode"] == mode), key=lambda r: r["seed"])
-        x = np.load(RUNS / f"{target}-{mode}-seed{r['seed']}-samples.npy")
+        x = np.load(saved_samples(target, r))
         ax.scatter(x[:, 0], x[:, 1], s=2, alpha=0.4, label="samples")
         ax.scatter(means[:, 0], means[:, 1], marker="x", c="red", s=30, label="mode centres")
         ax.set_title(f"{target} {mode} seed {r['seed']} (2000 samples)")

@@ -268,7 +268,7 @@ class Sampler:
         """How scores are clipped (`estimators.clip_bound`): keywords of `estimate_target`."""
         cfg = self.config
         return dict(clip=cfg.target_clip, clip_per_particle=cfg.clip_per_particle,
-                    clip_lift=cfg.clip_lift, clip_length=cfg.blend_length if cfg.clip_lift is not None else None)
+                    clip_lift=cfg.clip_lift, clip_length=cfg.blend_length)
 
     def differentiable_score(self) -> Callable[[Tensor, Tensor], Tensor]:
         """The model's score `(batch, dim)` at `(batch, dim)` scaled positions and `(batch,)` times,

@@ -7,7 +7,7 @@ DW-4, LJ-13, LJ-55) in the sampler's scaled coordinates (`TrainConfig.published(
 - the share of them (of their particles, where the clip is per particle) whose force norm
   exceeds the published `target_clip`;
 - L = sqrt(effective_dim / mean |F|²), the width of a Gaussian well with the same mean square
-  force (the `blend_length` a force prior or a faded clip would use);
+  force (the `well_width` a force prior or a lifted clip uses);
 - the bias a clipped force causes: unadjusted Langevin dynamics `y += ε F(y) + √(2ε) ξ`
   (ε = 0.01 L², 1000 steps: ten relaxation times of such a well) started from exact samples,
   with the force whole and clipped at `target_clip`, then E-TVD against independent exact

@@ -52,8 +52,8 @@ CPU_PROFILE = dict(n_mc=20, steps_per_epoch=100, sample_steps=200, samples_per_e
                    epochs=100_000)
 # GMM-80/120's modes are narrower in the scaled space, and the published clip (70) cuts the small-σ
 # score, the force, of most of their exact samples (results/clip_share.md): their profile lifts it
-# to max(70, 4/√(L²+σ²)) (`TrainConfig.clip_lift`). GMM-40's runs keep the fixed clip, which cuts
-# 15% of its samples and costs 0.007 in clip_share's Langevin E-TVD.
+# to max(70, 4/√(L²+σ²)) (`TrainConfig.clip_lift`, L = well_width = the blend's length). GMM-40's
+# runs keep the fixed clip, which cuts 15% of its samples and costs 0.007 in clip_share's Langevin E-TVD.
 TARGET_PROFILE = {"gmm80": dict(clip_lift=4.0), "gmm120": dict(clip_lift=4.0)}
 EVAL_STEPS = 1000  # reverse-SDE steps of the 10,000 evaluated samples (the published number)
 N_LOG_Z, LOG_Z_STEPS = 5000, 500  # probability-flow ODE samples and Heun steps of the log Z estimate
@@ -90,7 +90,8 @@ def floor_row(target: str) -> dict:
 def run(target: str, mode: str, seed: int, minutes: float, overrides: dict, tag: str | None = None,
         conditions: str | None = None) -> dict:
     config = TrainConfig.published(target, mode=mode, seed=seed, max_minutes=minutes)
-    config = TrainConfig.with_overrides(config, {"blend_length": builtin_energy(target).std / config.scale, **overrides})
+    width = builtin_energy(target).std / config.scale  # a mode's std in the scaled space
+    config = TrainConfig.with_overrides(config, {"blend_length": width, "well_width": width, **overrides})
     t0 = time.perf_counter()
     sampler = iwsm_md.train(target, config=config)
     train_s = time.perf_counter() - t0
@@ -218,7 +219,7 @@ def table() -> None:
             if png:
                 lines += ["", f"![{target} samples]({png})"]
         else:
-            lines += ["", f"CPU profile: {profile(target)}, blend_length = mode std / scale."]
+            lines += ["", f"CPU profile: {profile(target)}, blend_length = well_width = mode std / scale."]
         lines += mode_balance_lines(target, recs)
         lines += log_z_lines(recs + tagged)
         lines += settings_table(target.upper(), tagged, goal, METRICS, profile(target))

@@ -3,8 +3,8 @@
 With `TrainConfig.force_prior` the sampler's score is `s(x, t) = a(σ) F(x) + net(x, t)`, where
 `F = −∇E` is the force of the (scaled) energy, clipped like the training targets
 (`estimators.clip_score`: `target_clip`, per particle or whole, lifted below L with `clip_lift`),
-and `a(σ) = L² / (L² + σ²)` with `L = blend_length`, the width of the target's wells. For a Gaussian well of standard deviation L the noised score is
-exactly `a(σ) F(x)`, so the network is left with zero to learn; for real targets it learns only
+and `a(σ) = L² / (L² + σ²)` with `L = well_width`, the width of the target's wells. For a
+Gaussian well of standard deviation L the noised score is exactly `a(σ) F(x)`, so the network is left with zero to learn; for real targets it learns only
 the correction, and at small σ, where `a → 1` and the noised score tends to the force, the
 sampler's score is right whatever the network's accuracy there. The training targets (Eq. 7)
 are unchanged: the network is fitted so that the sum matches them.
@@ -31,23 +31,23 @@ class ForcePrior:
 
     Args:
         energy: E/kT of the coordinates the score works in.
-        length: L, the well width in those coordinates (`TrainConfig.blend_length`).
+        length: L, the well width in those coordinates (`TrainConfig.well_width`).
         clip: bound on the force's norm (per particle when `clip_per_particle` and `space`
-            holds several particles), None: unclipped; `clip_lift`, `clip_length`: as in
-            `estimators.clip_bound`.
+            holds several particles), None: unclipped; `clip_lift`: k of `estimators.clip_bound`,
+            with the well width L as its length.
 
     Differentiable in `x` when `x` requires grad (as the likelihoods' divergences need: the
     force is then built with `create_graph`); otherwise detached.
     """
 
     def __init__(self, energy: Energy, sde: GeometricVESDE, space: Space, length: float, clip: float | None,
-                 clip_per_particle: bool, clip_lift: float | None = None, clip_length: float | None = None):
+                 clip_per_particle: bool, clip_lift: float | None = None):
         if not length > 0:
-            raise ValueError(f"the force prior needs a positive well width L (blend_length), got {length}")
+            raise ValueError(f"the force prior needs a positive well width L (well_width), got {length}")
         self.energy, self.sde, self.space = energy, sde, space
         self.length = float(length)
         self.clip_options = dict(clip=clip, clip_per_particle=clip_per_particle, clip_lift=clip_lift,
-                                 clip_length=clip_length)
+                                 clip_length=length)
 
     def weight(self, t: Tensor) -> Tensor:
         """a(σ(t)) = L² / (L² + σ(t)²), same shape as `t`."""

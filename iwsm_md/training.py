@@ -68,9 +68,10 @@ class TrainConfig:
     loss_floor: float = 1e-3  # added to λ(t) (iDEM's ε), so that small noise levels still count
     target_clip: float | None = None
     clip_per_particle: bool = True
-    clip_lift: float | None = None  # k: the clip rises to max(target_clip, k/√(L²+σ²)), L = blend_length
-    blend_length: float | None = None  # well width L (scaled units): blend Eq. 7 with Tweedie (estimators.py)
-    force_prior: bool = False  # score = L²/(L²+σ²) · clipped force + net (force_prior.py); needs blend_length
+    clip_lift: float | None = None  # k: the clip rises to max(target_clip, k/√(L²+σ²)), L = well_width
+    well_width: float | None = None  # L (scaled units), the width of the target's wells: clip_lift's and force_prior's
+    blend_length: float | None = None  # blend Eq. 7 with Tweedie's estimate at this width (estimators.py)
+    force_prior: bool = False  # score = L²/(L²+σ²) · clipped force + net (force_prior.py); needs well_width
     snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
     snis_normalise: str = "group"  # "group": over each (x_0, t)'s copies; "batch": over the batch
     buffer_capacity: int = 10_000
@@ -102,15 +103,15 @@ class TrainConfig:
         if not (0 < self.sigma_min < self.sigma_max < math.inf):
             raise ValueError(f"need 0 < sigma_min < sigma_max < inf, got sigma_min={self.sigma_min}, "
                              f"sigma_max={self.sigma_max}")
-        for name in ("scale", "lr", "blend_length", "clip_lift"):  # positive and finite (None: unset)
+        for name in ("scale", "lr", "well_width", "blend_length", "clip_lift"):  # positive and finite (None: unset)
             value = getattr(self, name)
             if value is not None and not (0 < value < math.inf):
                 raise ValueError(f"{name} must be positive and finite, got {value}")
-        if self.clip_lift is not None and (self.blend_length is None or self.target_clip is None):
-            raise ValueError("clip_lift raises target_clip below the well width blend_length: set both")
-        if self.force_prior and self.blend_length is None:
-            raise ValueError("force_prior needs blend_length, the well width L that scales the force "
-                             "(a = L²/(L²+σ²)): set blend_length")
+        if self.clip_lift is not None and (self.well_width is None or self.target_clip is None):
+            raise ValueError("clip_lift lifts target_clip below the well width L: set well_width and target_clip")
+        if self.force_prior and self.well_width is None:
+            raise ValueError("force_prior needs well_width, the well width L that scales the force "
+                             "(a = L²/(L²+σ²)): set well_width")
         if self.force_prior and self.mode == "direct":
             raise ValueError("force_prior adds the force to a network's score; mode 'direct' has no network")
         if self.ema_decay is not None and not (0 < self.ema_decay < 1):
@@ -160,7 +161,7 @@ class TrainConfig:
 
         Their `target_clip` cuts the small-σ score, the force, of most exact GMM-80/120 samples and
         LJ particles, which biases samples hot (benchmarks/results/clip_share.md); `clip_lift=k`
-        with `blend_length` set to the well width L lifts the clip to k/√(L²+σ²) where that is
+        with `well_width` set to the width L of its wells lifts the clip to k/√(L²+σ²) where that is
         larger (`estimators.clip_bound`)."""
         key = name.lower().replace("-", "").replace("_", "")
         gmm = dict(n_mc=500, sigma_min=1e-5, sigma_max=1.0, lr=5e-4, batch_size=512, target_clip=70.0,
@@ -261,14 +262,15 @@ class Sampler:
         cfg = self.config
         if not cfg.force_prior:
             return None
-        return ForcePrior(self.scaled_energy, self.sde, self.space, cfg.blend_length, **self.clip_options)
+        return ForcePrior(self.scaled_energy, self.sde, self.space, cfg.well_width, cfg.target_clip,
+                          cfg.clip_per_particle, cfg.clip_lift)
 
     @property
     def clip_options(self) -> dict:
         """How scores are clipped (`estimators.clip_bound`): keywords of `estimate_target`."""
         cfg = self.config
         return dict(clip=cfg.target_clip, clip_per_particle=cfg.clip_per_particle,
-                    clip_lift=cfg.clip_lift, clip_length=cfg.blend_length)
+                    clip_lift=cfg.clip_lift, clip_length=cfg.well_width)
 
     def differentiable_score(self) -> Callable[[Tensor, Tensor], Tensor]:
         """The model's score `(batch, dim)` at `(batch, dim)` scaled positions and `(batch,)` times,

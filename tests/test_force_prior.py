@@ -62,10 +62,13 @@ def test_lifted_clip_leaves_the_force_of_exact_samples_whole_at_small_noise():
     assert norms.max() > 20  # exact samples whose forces a clip of 20 cuts
     edge = float(norms.max()) * math.sqrt(L**2 + float(SDE.sigma(t[0])) ** 2)  # the k at which the largest is cut
     for k, cut in ((1.01 * edge, False), (0.9 * edge, True)):
-        lifted = ForcePrior(energy, SDE, space, L, clip=20.0, clip_per_particle=True, clip_lift=k, clip_length=L)(x, t)
+        lifted = ForcePrior(energy, SDE, space, L, clip=20.0, clip_per_particle=True, clip_lift=k)(x, t)
         assert torch.allclose(lifted, free, rtol=1e-12) != cut
-    with pytest.raises(ValueError, match="clip_lift"):
-        TrainConfig(clip_lift=4.0, target_clip=20.0)
+    with pytest.raises(ValueError, match="well_width"):  # the blend's length is not the lift's
+        TrainConfig(clip_lift=4.0, target_clip=20.0, blend_length=L)
+    config = TrainConfig(clip_lift=4.0, target_clip=20.0, well_width=L, force_prior=True)
+    sampler = iwsm_md.Sampler(energy, config, iwsm_md.training.build_net(space, config))
+    assert sampler.clip_options["clip_length"] == L and sampler.force_prior.length == L
 
 
 def test_non_finite_positions_give_nan_rows_only():
@@ -92,10 +95,10 @@ def test_prior_is_differentiable_when_its_input_requires_grad():
 
 
 def test_config_needs_a_well_width_and_a_network():
-    with pytest.raises(ValueError, match="blend_length"):
-        TrainConfig(force_prior=True)
+    with pytest.raises(ValueError, match="well_width"):
+        TrainConfig(force_prior=True, blend_length=0.1)
     with pytest.raises(ValueError, match="direct"):
-        TrainConfig(force_prior=True, blend_length=0.1, mode="direct")
+        TrainConfig(force_prior=True, well_width=0.1, mode="direct")
 
 
 def test_training_and_sampling_use_the_prior():
@@ -103,7 +106,7 @@ def test_training_and_sampling_use_the_prior():
     cfg = dict(epochs=2, steps_per_epoch=5, batch_size=32, n_mc=8, samples_per_epoch=32, sample_steps=10,
                sigma_min=1e-3, sigma_max=1.5, scale=4.0, blend_length=0.25, target_clip=70.0,
                clip_per_particle=False, hidden=16, buffer_capacity=64, snis_n=4)
-    with_prior = iwsm_md.train(target, force_prior=True, **cfg)
+    with_prior = iwsm_md.train(target, force_prior=True, well_width=0.25, **cfg)
     assert all(h["n_skipped"] == 0 and h["loss"] == h["loss"] for h in with_prior.history)
     x, t = torch.randn(8, 2), torch.rand(8)
     with torch.no_grad():
@@ -130,12 +133,12 @@ class _OnceDifferentiable(torch.autograd.Function):
 
 def test_likelihoods_need_an_energy_with_second_derivatives():
     energy = from_function(_OnceDifferentiable.apply, 2)
-    config = TrainConfig(force_prior=True, blend_length=1.0, hidden=8, layers=1, sigma_max=3.0)
+    config = TrainConfig(force_prior=True, well_width=1.0, hidden=8, layers=1, sigma_max=3.0)
     sampler = iwsm_md.Sampler(energy, config, iwsm_md.training.build_net(Space.of(energy), config))
     assert torch.isfinite(sampler.sample(2, steps=3)).all()  # sampling needs only the force
     with pytest.raises(ValueError, match="no second derivatives"):
         sampler.log_prob(torch.randn(2, 2), steps=2)
     dw4 = builtin_energy("dw4")  # a pair kernel with second derivatives: likelihoods work
-    config = TrainConfig.published("dw4", force_prior=True, blend_length=0.25, hidden=8, layers=1)
+    config = TrainConfig.published("dw4", force_prior=True, well_width=0.25, hidden=8, layers=1)
     sampler = iwsm_md.Sampler(dw4, config, iwsm_md.training.build_net(Space.of(dw4), config))
     assert torch.isfinite(sampler.log_prob(sampler.sample(2, steps=3), steps=2)).all()

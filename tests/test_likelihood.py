@@ -102,7 +102,7 @@ def test_sampler_log_prob_differentiates_through_the_force_prior():
     s2, dim, g = 0.09, 3, torch.Generator().manual_seed(4)
     energy = iwsm_md.energies.from_function(lambda x: 0.5 * (x * x).sum(-1) / s2, dim)
     config = iwsm_md.TrainConfig(sigma_min=SDE.sigma_min, sigma_max=SDE.sigma_max, force_prior=True,
-                                 blend_length=math.sqrt(s2), target_clip=None)
+                                 well_width=math.sqrt(s2), target_clip=None)
     sampler = iwsm_md.Sampler(energy, config, ZeroNet())
     target = Gaussian(s2 * torch.eye(dim, dtype=D64))
     x = target.sample(16, g)

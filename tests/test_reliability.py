@@ -113,6 +113,7 @@ def test_zero_particles_at_the_front_door():
     ({"lr": -1e-3}, ValueError, "lr must be positive and finite"),
     ({"lr": math.nan}, ValueError, "lr must be positive and finite"),
     ({"blend_length": 0.0}, ValueError, "blend_length must be positive"),
+    ({"well_width": -0.1}, ValueError, "well_width must be positive"),
     ({"grad_clip": 0.0}, ValueError, "grad_clip must be positive"),
     ({"target_clip": -1.0}, ValueError, "target_clip must be positive"),
     ({"max_minutes": 0.0}, ValueError, "max_minutes must be positive"),

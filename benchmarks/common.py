@@ -203,6 +203,9 @@ def settings_table(title: str, recs: list[dict], goal: dict, metrics: Sequence[s
                      f"{r['steps']} | {per_step} | {r['sample_seconds']:.0f} | " + " | ".join(cells) + " |")
     lines += [""] + [f"Conditions of {r['tag']} {r['mode']} seed {r['seed']}: {r['conditions']}." for r in recs
                      if r.get("conditions")]
+    lines += [f"{r['tag']} {r['mode']} seed {r['seed']}: the trained sampler of {r['rescored']['from']} scored again, "
+              f"its samples drawn with {r['eval_steps']} reverse-SDE steps instead of {r['config']['sample_steps']} "
+              f"(no retraining; {r['rescored']['hardware']}, {r['rescored']['date']})." for r in recs if r.get("rescored")]
     return lines
 
 

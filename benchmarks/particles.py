@@ -19,10 +19,17 @@ Other settings are runs with a tag, listed in their own table under each system:
 
     python3 benchmarks/particles.py --systems lj13 --modes iwsm --seeds 0 --minutes 8 --tag k100 --set n_mc=100
 
+A finished run's saved sampler (the `.pt` beside its record, kept on the machine that trained it)
+can be scored again with another number of reverse-SDE steps, without retraining; the record is
+tagged `<tag>-eval<N>` (`profile-eval<N>` for an untagged run):
+
+    python3 benchmarks/particles.py --systems lj13 --modes iwsm --seeds 0 --tag lift --rescore --eval-steps 400
+
 `--results DIR` writes somewhere else than benchmarks/results (smoke runs).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import time
 import warnings
@@ -31,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 import iwsm_md
-from common import (fixed_row, fmt, load_records, make_record, mode_rows, notes, parser, save_record,
+from common import (fixed_row, fmt, hardware, load_records, make_record, mode_rows, notes, parser, save_record,
                     settings_table, table_header, unmet_and_owed, with_set)
 from iwsm_md import TrainConfig, metrics
 from iwsm_md.potentials import builtin_energy
@@ -173,26 +180,60 @@ def targets(system: str, floor: dict) -> dict:
 
 
 def run(system: str, mode: str, seed: int, minutes: float, overrides: dict, results: Path, reference_dir: Path,
-        n_samples: int = N_EVAL, tag: str | None = None, conditions: str | None = None) -> dict:
-    refs = references(system, reference_dir)
-    if refs is None:
-        raise SystemExit(f"{LABELS[system]}: reference set owed ({PROJECT[system]} does not exist; make it with "
-                         f"`python3 data/make_reference.py {system}`): no run can be scored without it")
+        n_samples: int = N_EVAL, tag: str | None = None, conditions: str | None = None,
+        eval_steps: int | None = None) -> dict:
+    """Train one run and score its samples, drawn with `eval_steps` reverse-SDE steps (None: the
+    config's `sample_steps`, those of its buffer refills)."""
+    refs = references_or_exit(system, reference_dir)
     config = TrainConfig.published(system, mode=mode, seed=seed, max_minutes=minutes)
     config = TrainConfig.with_overrides(config, overrides)  # TypeError naming the valid keys for a wrong one
     t0 = time.perf_counter()
     sampler = iwsm_md.train(system, config=config)
     train_s = time.perf_counter() - t0
-    n = min(n_samples, len(refs["ref"]))
-    t0 = time.perf_counter()
-    x = sampler.sample(n, seed=10_000 + seed).double().numpy()
-    sample_s = time.perf_counter() - t0
-    row = score(system, centred(system, x), refs["ref"])
-    record = make_record("system", system, mode, seed, row, sampler, config, train_s, sample_s, config.sample_steps,
-                         tag, overrides, conditions, n_samples=n, draws=DRAWS, reference=refs["description"])
+    steps = eval_steps or config.sample_steps
+    x, row, sample_s = evaluate(system, sampler, seed, min(n_samples, len(refs["ref"])), steps, refs)
+    record = make_record("system", system, mode, seed, row, sampler, config, train_s, sample_s, steps,
+                         tag, overrides, conditions, n_samples=len(x), draws=DRAWS, reference=refs["description"])
     runs = results / "particles"
     save_record(record, runs, runs / "settings", f"{system}-{mode}-seed{seed}", x[:N_EVAL].astype(np.float32), sampler)
     return record
+
+
+def rescore(system: str, mode: str, seed: int, tag: str | None, eval_steps: int, results: Path,
+            reference_dir: Path, n_samples: int = N_EVAL, conditions: str | None = None) -> dict:
+    """Score the saved sampler of a finished run (untagged, or of `tag`) again, its samples drawn
+    with `eval_steps` reverse-SDE steps, without retraining: a record tagged `<tag>-eval<steps>`
+    (`profile-eval<steps>` for an untagged run) that keeps the run's training fields. The sampler
+    file (`.pt`, not committed) must be on this machine."""
+    refs = references_or_exit(system, reference_dir)
+    runs, stem = results / "particles", f"{system}-{mode}-seed{seed}"
+    source = runs / "settings" / f"{stem}-{tag}.json" if tag else runs / f"{stem}.json"
+    if not source.with_suffix(".pt").exists():
+        raise SystemExit(f"{source.with_suffix('.pt')} does not exist: a run can be rescored only where it was trained")
+    sampler = iwsm_md.load(source.with_suffix(".pt"))
+    x, row, sample_s = evaluate(system, sampler, seed, min(n_samples, len(refs["ref"])), eval_steps, refs)
+    record = {**json.loads(source.read_text()), "metrics": row, "sample_seconds": sample_s, "eval_steps": eval_steps,
+              "n_samples": len(x), "tag": f"{tag or 'profile'}-eval{eval_steps}", "conditions": conditions,
+              "rescored": {"from": source.name, "hardware": hardware(), "date": datetime.date.today().isoformat()}}
+    save_record(record, runs, runs / "settings", stem)
+    return record
+
+
+def references_or_exit(system: str, reference_dir: Path) -> dict:
+    refs = references(system, reference_dir)
+    if refs is None:
+        raise SystemExit(f"{LABELS[system]}: reference set owed ({PROJECT[system]} does not exist; make it with "
+                         f"`python3 data/make_reference.py {system}`): no run can be scored without it")
+    return refs
+
+
+def evaluate(system: str, sampler, seed: int, n: int, steps: int, refs: dict) -> tuple[np.ndarray, dict, float]:
+    """`n` samples of `sampler` (reverse SDE, `steps` steps, seed `10_000 + seed`) `(n, dim)` float64,
+    their scores against `refs["ref"]` and the seconds sampling took."""
+    t0 = time.perf_counter()
+    x = sampler.sample(n, steps=steps, seed=10_000 + seed).double().numpy()
+    sample_s = time.perf_counter() - t0
+    return x, score(system, centred(system, x), refs["ref"]), sample_s
 
 
 def plot(system: str, records: list[dict], ref: np.ndarray, results: Path) -> str | None:
@@ -312,7 +353,16 @@ def main() -> None:
     p.add_argument("--reference-dir", type=Path, default=REFERENCE_DIR,
                    help="folder of the published DW-4 / LJ-13 sets (default: <repo>/../shared/data/reference)")
     p.add_argument("--samples", type=int, default=N_EVAL, help="generated samples per run (at most the reference size)")
+    p.add_argument("--eval-steps", type=int, help="reverse-SDE steps of the evaluated samples (default: the run's "
+                                                  "sample_steps, those of its buffer refills)")
+    p.add_argument("--rescore", action="store_true",
+                   help="instead of training, score the saved samplers of the finished runs that --systems, "
+                        "--modes, --seeds and --tag name again with --eval-steps (a record tagged <tag>-eval<N>)")
     args = p.parse_args()
+    if args.eval_steps is not None and args.eval_steps < 1:
+        p.error(f"--eval-steps must be positive, got {args.eval_steps}")
+    if args.rescore and not args.eval_steps:
+        p.error("--rescore needs --eval-steps")
     if not args.table:
         for system in args.systems:  # refuse before training anything
             if system not in SYSTEMS:
@@ -324,8 +374,12 @@ def main() -> None:
             overrides = with_set(CPU_PROFILES[system], args.set)
             for mode in args.modes:
                 for seed in args.seeds:
-                    rec = run(system, mode, seed, args.minutes, overrides, args.results, args.reference_dir,
-                              args.samples, args.tag, args.conditions)
+                    if args.rescore:
+                        rec = rescore(system, mode, seed, args.tag, args.eval_steps, args.results,
+                                      args.reference_dir, args.samples, args.conditions)
+                    else:
+                        rec = run(system, mode, seed, args.minutes, overrides, args.results, args.reference_dir,
+                                  args.samples, args.tag, args.conditions, args.eval_steps)
                     print(system, mode, seed, {k: round(v[0], 4) for k, v in rec["metrics"].items()},
                           f"{rec['train_seconds'] / 60:.1f} min", flush=True)
                     table(args.results, args.reference_dir)

@@ -208,9 +208,10 @@ def rescore(system: str, mode: str, seed: int, tag: str | None, eval_steps: int,
     refs = references_or_exit(system, reference_dir)
     runs, stem = results / "particles", f"{system}-{mode}-seed{seed}"
     source = runs / "settings" / f"{stem}-{tag}.json" if tag else runs / f"{stem}.json"
-    if not source.with_suffix(".pt").exists():
-        raise SystemExit(f"{source.with_suffix('.pt')} does not exist: a run can be rescored only where it was trained")
-    sampler = iwsm_md.load(source.with_suffix(".pt"))
+    model = source.with_suffix(".pt")
+    if not model.exists():
+        raise SystemExit(f"{model} does not exist: a run can be rescored only where it was trained")
+    sampler = iwsm_md.load(model)
     x, row, sample_s = evaluate(system, sampler, seed, min(n_samples, len(refs["ref"])), eval_steps, refs)
     record = {**json.loads(source.read_text()), "metrics": row, "sample_seconds": sample_s, "eval_steps": eval_steps,
               "n_samples": len(x), "tag": f"{tag or 'profile'}-eval{eval_steps}", "conditions": conditions,

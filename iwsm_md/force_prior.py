@@ -4,9 +4,10 @@ With `TrainConfig.force_prior` the sampler's score is `s(x, t) = a(σ) F(x) + ne
 `F = −∇E` is the force of the (scaled) energy, clipped like the training targets
 (`estimators.clip_score`: `target_clip`, per particle or whole, lifted below L with `clip_lift`),
 and `a(σ) = L² / (L² + σ²)` with `L = well_width`, the width of the target's wells. For a
-Gaussian well of standard deviation L the noised score is exactly `a(σ) F(x)`, so the network is left with zero to learn; for real targets it learns only
-the correction, and at small σ, where `a → 1` and the noised score tends to the force, the
-sampler's score is right whatever the network's accuracy there. The training targets (Eq. 7)
+Gaussian well of standard deviation L the noised score is exactly `a(σ) F(x)`, so the network
+is left with zero to learn; for real targets it learns only the correction, and at small σ,
+where `a → 1` and the noised score tends to the force, the sampler's score is right whatever the
+network's accuracy there. The training targets (Eq. 7)
 are unchanged: the network is fitted so that the sum matches them.
 
 A non-finite force is not masked: it makes that row's score non-finite, which the places that

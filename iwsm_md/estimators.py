@@ -173,16 +173,19 @@ class ImportanceWeights:
     ess_fraction: float
 
 
-def snis_weights(log_p: Tensor, log_q: Tensor, group_size: int | None = None) -> ImportanceWeights:
-    """Normalise `w ∝ exp(log_p − log_q)` in log space.
+def snis_weights(log_p: Tensor, log_q: Tensor, group_size: int | None = None, power: float = 1.0
+                 ) -> ImportanceWeights:
+    """Normalise `w ∝ exp(β (log_p − log_q))` in log space.
 
     Args:
         log_p: `(B,)` log p̂_t(x_t) (−inf marks an invalid point: weight 0).
         log_q: `(B,)` log p̂_B,t(x_t).
         group_size: n of "SNIS-n" — rows come in consecutive groups of n noisy copies of one
             (x_0, t) and are normalised within their group; None normalises over the batch.
+        power: β, the tempering exponent: 1 gives the importance weights, 0 equal weights on the
+            valid points (iDEM's); between trades the weights' bias for their variance.
     """
-    log_w = (log_p.double() - log_q.double())
+    log_w = power * (log_p.double() - log_q.double())
     log_w = torch.where(torch.isfinite(log_w), log_w, -math.inf)
     b = log_w.shape[0]
     n = b if group_size is None else group_size

@@ -74,6 +74,7 @@ class TrainConfig:
     force_prior: bool = False  # score = L²/(L²+σ²) · clipped force + net (force_prior.py); needs well_width
     snis_n: int = 5  # noisy copies per (x_0, t) in IWSM: a batch is batch_size // snis_n such groups
     snis_normalise: str = "group"  # "group": over each (x_0, t)'s copies; "batch": over the batch
+    snis_power: float = 1.0  # β: IWSM weights ∝ (p̂_t/p̂_B,t)^β before normalising; 0 would be iDEM's
     buffer_capacity: int = 10_000
     samples_per_epoch: int = 1000  # reverse-SDE samples added to the buffer each epoch
     sample_steps: int = 1000  # Euler-Maruyama steps of the reverse SDE
@@ -92,6 +93,8 @@ class TrainConfig:
             raise ValueError(f"loss_weight must be one of {tuple(LOSS_WEIGHTS)}, got {self.loss_weight!r}")
         if self.snis_normalise not in ("group", "batch"):
             raise ValueError(f"snis_normalise must be 'group' or 'batch', got {self.snis_normalise!r}")
+        if not 0 < self.snis_power <= 1:
+            raise ValueError(f"snis_power must be in (0, 1] (0 is mode='idem'), got {self.snis_power}")
         if self.net not in NETS:
             raise ValueError(f"net must be one of {NETS}, got {self.net!r}")
         if self.mode == "iwsm" and self.batch_size < self.snis_n:
@@ -591,7 +594,7 @@ def fit(energy: Energy, config: TrainConfig, log: Callable[[dict], None] | None 
         if config.mode == "iwsm":
             log_q = proposal_log_density(x_t, x0, sigma, space)
             log_p = distributed.gather(est.log_p.reshape(-1, n_copies), n_groups).reshape(-1)  # by (x_0, t) groups
-            iw = snis_weights(log_p, log_q, n_copies if config.snis_normalise == "group" else None)
+            iw = snis_weights(log_p, log_q, n_copies if config.snis_normalise == "group" else None, config.snis_power)
             w = iw.weights.float()[rows]
             stats["weight_ess"] += iw.ess_fraction
         else:

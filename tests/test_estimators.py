@@ -122,6 +122,25 @@ def test_snis_weights_normalise_and_mask(group_size):
         snis_weights(log_p[:7], torch.zeros(7, dtype=torch.float64), 4)
 
 
+@pytest.mark.parametrize("group_size", [None, 4])
+def test_snis_power_tempers_the_weights(group_size):
+    """β = 1 is plain SNIS, β = 0 equal weights on the valid points, and between them the
+    normalised weights are ∝ (p/q)^β: their effective sample size grows as β falls."""
+    g = torch.Generator().manual_seed(0)
+    log_p, log_q = 2 * torch.randn(8, generator=g, dtype=torch.float64), torch.randn(8, generator=g, dtype=torch.float64)
+    log_p[5] = -math.inf
+    n = 8 if group_size is None else 4
+    plain = snis_weights(log_p, log_q, group_size)
+    assert torch.equal(snis_weights(log_p, log_q, group_size, 1.0).weights, plain.weights)
+    flat = snis_weights(log_p, log_q, group_size, 0.0).weights.reshape(-1, n)
+    valid = torch.isfinite(log_p).reshape(-1, n).double()
+    assert torch.allclose(flat, valid * n / valid.sum(1, keepdim=True))
+    half = snis_weights(log_p, log_q, group_size, 0.5)
+    expected = (torch.exp(0.5 * (log_p - log_q))).reshape(-1, n)
+    assert torch.allclose(half.weights.reshape(-1, n), n * expected / expected.sum(1, keepdim=True))
+    assert plain.ess_fraction < half.ess_fraction < 1
+
+
 def test_iwsm_weights_reduce_to_one_with_exact_buffer_samples():
     """A buffer of exact target samples makes the proposal the noised target: weights ≈ 1."""
     g = torch.Generator().manual_seed(1)

@@ -120,6 +120,8 @@ def test_zero_particles_at_the_front_door():
     ({"loss_floor": -1.0}, ValueError, "loss_floor must be finite and >= 0"),
     ({"device": "tpu"}, ValueError, "device must name a torch device such as 'cpu', 'cuda'"),
     ({"snis_normalise": "row"}, ValueError, "snis_normalise must be 'group' or 'batch'"),
+    ({"snis_power": 0.0}, ValueError, "snis_power must be in"),
+    ({"snis_power": float("nan")}, ValueError, "snis_power must be in"),
     ({"net": "transformer"}, ValueError, "net must be one of"),
     ({"mode": "iwsm", "batch_size": 3}, ValueError, "batch_size 3 is smaller than snis_n 5"),
 ])
